@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+CONFIG ?= configs/quickstart.yaml
+# A pinned torch first: on a machine with a local CPU wheel this takes seconds; on a GPU machine PyPI serves the
+# CUDA build of the same version. Override with e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." for other builds.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup run test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+run: setup
+	$(BIN)/python -m pipeline run $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .cache
