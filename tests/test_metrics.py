@@ -1,0 +1,86 @@
+"""Every metric against values computed by hand on tiny examples."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluation import catalog_coverage, category_metrics, rank_users, ranking_metrics, rating_metrics
+
+
+def test_ranking_metrics_single_target_by_hand():
+    # user A: target at rank 1; user B: rank 3; user C: rank 12 (outside both K); user D: not rankable.
+    ranks = [np.array([1.0]), np.array([3.0]), np.array([12.0]), np.array([np.inf])]
+    metrics = ranking_metrics(ranks, [2, 5])
+    assert metrics["hit_rate@2"] == pytest.approx(1 / 4)
+    assert metrics["hit_rate@5"] == pytest.approx(2 / 4)
+    assert metrics["ndcg@5"] == pytest.approx((1.0 + 1 / math.log2(4)) / 4)
+    assert metrics["mrr@5"] == pytest.approx((1.0 + 1 / 3) / 4)
+    assert metrics["precision@5"] == pytest.approx((1 / 5 + 1 / 5) / 4)
+    assert metrics["recall@5"] == pytest.approx(2 / 4)
+
+
+def test_ranking_metrics_several_targets_by_hand():
+    # Two relevant items at ranks 2 and 4, K = 3: one hit.
+    metrics = ranking_metrics([np.array([2.0, 4.0])], [3])
+    ideal = 1.0 + 1 / math.log2(3)
+    assert metrics["ndcg@3"] == pytest.approx((1 / math.log2(3)) / ideal)
+    assert metrics["recall@3"] == pytest.approx(0.5)
+    assert metrics["precision@3"] == pytest.approx(1 / 3)
+    assert metrics["mrr@3"] == pytest.approx(0.5)
+
+
+def test_category_metrics_multi_valued_truth():
+    # Item categories: {0, 1}, {2}, {1}, {0}. Predictions: 1 (right), 0 (wrong, counts against 2), 1, 1 (wrong vs 0).
+    truth = [np.array([0, 1]), np.array([2]), np.array([1]), np.array([0])]
+    metrics = category_metrics(truth, np.array([1, 0, 1, 1]))
+    assert metrics["accuracy"] == pytest.approx(0.5)
+    # Resolved truth: [1, 2, 1, 0]. Class 0: P 0/1, R 0/1. Class 1: P 2/3, R 2/2. Class 2: P 0 (never predicted), R 0/1.
+    assert metrics["precision"] == pytest.approx((0 + 2 / 3 + 0) / 3)
+    assert metrics["recall"] == pytest.approx((0 + 1 + 0) / 3)
+    assert metrics["f1"] == pytest.approx((0 + 0.8 + 0) / 3)
+
+
+def test_rating_metrics_by_hand():
+    metrics = rating_metrics(np.array([4.0, 2.0, 5.0]), np.array([3.5, 3.0, 5.0]))
+    assert metrics["mae"] == pytest.approx(0.5)
+    assert metrics["rmse"] == pytest.approx(math.sqrt((0.25 + 1.0) / 3))
+
+
+def test_coverage_ignores_padding_and_repeats():
+    lists = np.array([[1, 2, 3], [2, 3, 4], [0, 0, 0]])
+    assert catalog_coverage(lists, n_items=8) == pytest.approx(4 / 8)
+
+
+class FixedScores(torch.nn.Module):
+    max_length = 10
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = torch.tensor(scores, dtype=torch.float32)
+
+    def score_items(self, histories):
+        return self.scores[: len(histories)]
+
+
+def test_rank_users_excludes_seen_and_breaks_ties_by_index():
+    # Items 1..5 (column 0 is padding). Items 2 and 4 tie at 0.9; item 5 is seen by the user.
+    model = FixedScores([[9.0, 0.1, 0.9, 0.5, 0.9, 0.99]])
+    rankings = rank_users(model, [np.array([5])], [np.array([4])], list_length=3, exclude_seen=True, user_batch_size=8)
+    assert rankings.top_items.tolist() == [[2, 4, 3]]
+    assert rankings.target_ranks[0].tolist() == [2.0]
+    kept = rank_users(model, [np.array([5])], [np.array([4])], list_length=3, exclude_seen=False, user_batch_size=8)
+    assert kept.top_items.tolist() == [[5, 2, 4]]
+    assert kept.target_ranks[0].tolist() == [3.0]
+
+
+def test_rank_users_seen_target_is_a_miss_and_chunks_agree():
+    model = FixedScores([[0.0, 0.3, 0.2, 0.1]] * 3)
+    histories = [np.array([1]), np.array([2]), np.array([3])]
+    targets = [np.array([1]), np.array([1]), np.array([2])]
+    whole = rank_users(model, histories, targets, 2, True, user_batch_size=8)
+    chunked = rank_users(model, histories, targets, 2, True, user_batch_size=1)
+    assert [r.tolist() for r in whole.target_ranks] == [[np.inf], [1.0], [2.0]]
+    assert [r.tolist() for r in chunked.target_ranks] == [r.tolist() for r in whole.target_ranks]
+    np.testing.assert_array_equal(whole.top_items, chunked.top_items)
