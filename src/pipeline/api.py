@@ -123,7 +123,7 @@ def run(config_or_path: str | Path | dict | Config, overrides: list[str] | None 
         timings["encode"] = elapsed(stage)
 
         stage = time.perf_counter()
-        model = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings)
+        model = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed)
         history = train(model, data, config, progress)
         timings["train"] = elapsed(stage)
 

@@ -15,9 +15,22 @@ def uses_text_embeddings(config: ModelConfig) -> bool:
 
 
 def build_model(
-    config: ModelConfig, n_items: int, category_matrix: np.ndarray, item_text_embeddings: np.ndarray | None
+    config: ModelConfig,
+    n_items: int,
+    category_matrix: np.ndarray,
+    item_text_embeddings: np.ndarray | None,
+    seed: int = 0,
 ) -> torch.nn.Module:
-    """A fresh model. `category_matrix` is [n_items + 1, n_categories]; embeddings are [n_items + 1, width] or None."""
+    """A fresh model. `category_matrix` is [n_items + 1, n_categories]; embeddings are [n_items + 1, width] or None.
+
+    The initial weights depend on `seed` only, not on whatever used the global random state before.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _construct(config, n_items, category_matrix, item_text_embeddings)
+
+
+def _construct(config, n_items, category_matrix, item_text_embeddings) -> torch.nn.Module:
     if config.name == "popularity":
         return PopularityModel(n_items, category_matrix.shape[1])
     if item_text_embeddings is None:

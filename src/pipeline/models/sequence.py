@@ -39,6 +39,8 @@ class TransformerBackbone(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, dropout: float, max_length: int):
         super().__init__()
         self.positions = nn.Embedding(max_length, width)
+        # Same scale as the item representations: torch's default N(0, 1) would drown the items in position signal.
+        nn.init.normal_(self.positions.weight, std=0.02)
         block = nn.TransformerEncoderLayer(
             width, heads, dim_feedforward=4 * width, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
         )

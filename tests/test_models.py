@@ -1,0 +1,99 @@
+"""Models on a learnable synthetic task: each user walks a hidden item cycle, so the next item follows from the last.
+
+Popularity is nearly uniform here, so it can only guess; a sequence model that reads the history must do far better.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.data import TEST, load_data, prepare
+from pipeline.api import evaluate, train
+from pipeline.models import build_model
+
+N_ITEMS, N_USERS, LENGTH = 100, 150, 12
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synthetic")
+    rng = np.random.default_rng(0)
+    successor = rng.permutation(N_ITEMS)
+    rows = []
+    for user in range(N_USERS):
+        item = int(rng.integers(N_ITEMS))
+        for step in range(LENGTH):
+            rows.append((user, item, 1_600_000_000 + 60 * step, float(1 + item % 5)))
+            # 90% of the time the hidden successor, otherwise a random jump.
+            item = int(successor[item]) if rng.random() < 0.9 else int(rng.integers(N_ITEMS))
+    pd.DataFrame(rows, columns=["user", "item", "time", "stars"]).to_csv(folder / "events.csv", index=False)
+    pd.DataFrame(
+        {"item": range(N_ITEMS), "title": [f"item number {i}" for i in range(N_ITEMS)], "kind": [f"k{i % 4}" for i in range(N_ITEMS)]}
+    ).to_csv(folder / "items.csv", index=False)
+    return folder
+
+
+def synthetic_config(folder, tmp_path, model):
+    return load_config(
+        {
+            "seed": 3,
+            "data": {
+                "interactions": {
+                    "path": str(folder / "events.csv"),
+                    "columns": {"user": "user", "item": "item", "timestamp": "time", "rating": "stars"},
+                },
+                "items": {"path": str(folder / "items.csv"), "columns": {"id": "item", "category": "kind"}},
+            },
+            "model": {"name": model, "item_representation": "id", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "dropout": 0.1, "max_length": 16},
+            "train": {"epochs": 15, "batch_size": 16, "learning_rate": 0.01, "patience": 15},
+            "eval": {"ks": [10], "select_k": 10},
+            "output": {"root": str(tmp_path / "runs")},
+        }
+    )
+
+
+def test_sequence_models_beat_popularity_on_learnable_signal(synthetic, tmp_path):
+    results = {}
+    for name in ("popularity", "transformer", "lstm", "gru"):
+        config = synthetic_config(synthetic, tmp_path, name)
+        data = prepare(load_data(config.data), config.data)
+        model = build_model(config.model, data.n_items, data.category_matrix(), None)
+        train(model, data, config, progress=False)
+        results[name], _ = evaluate(model, data, config, TEST)
+    floor = results["popularity"]["ndcg@10"]
+    assert floor < 0.1
+    for name in ("transformer", "lstm", "gru"):
+        # The successor is right 90% of the time: a model that learned it ranks it first for most users.
+        assert results[name]["ndcg@10"] > 0.6, (name, results[name]["ndcg@10"])
+        assert results[name]["ndcg@10"] > 3 * floor
+        # Category k(i % 4) of the next item follows from the last item too.
+        assert results[name]["accuracy"] > results["popularity"]["accuracy"] + 0.2
+        assert results[name]["mae"] < results["popularity"]["mae"]
+
+
+def test_training_is_deterministic(synthetic, tmp_path):
+    config = synthetic_config(synthetic, tmp_path, "transformer").model_copy(deep=True)
+    config.train.epochs = 2
+    data = prepare(load_data(config.data), config.data)
+    metrics = []
+    for _ in range(2):
+        model = build_model(config.model, data.n_items, data.category_matrix(), None)
+        train(model, data, config, progress=False)
+        metrics.append(evaluate(model, data, config, TEST)[0])
+    assert metrics[0] == metrics[1]
+
+
+def test_new_user_is_scored_from_history_alone():
+    from pipeline.config import ModelConfig
+
+    category_matrix = np.eye(6, 3, dtype=np.float32)
+    embeddings = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    for name in ("transformer", "lstm"):
+        model = build_model(ModelConfig(name=name, hidden_size=8, num_heads=2, max_length=4), 5, category_matrix, embeddings).eval()
+        with torch.no_grad():
+            # Histories longer than max_length use their most recent items only.
+            long_history = model.score_items([np.array([1, 2, 3, 4, 5, 1])])
+            recent_only = model.score_items([np.array([3, 4, 5, 1])])
+        torch.testing.assert_close(long_history, recent_only)
