@@ -210,7 +210,14 @@ def encode_items(item_texts: list[str], config: EncoderConfig, progress: bool = 
     return np.concatenate([np.zeros((1, vectors.shape[1]), dtype=np.float32), vectors]), stats
 
 
-def behavior_texts(histories: list[np.ndarray], item_titles: list[str], recent_items: int) -> list[str]:
+def behavior_texts(histories: list[np.ndarray], item_texts: list[str], recent_items: int) -> list[str]:
     """A user's behavior text: their most recent item texts, newest first, as in the seed design's content model."""
-    return ["; ".join(item_titles[item] for item in history[::-1][:recent_items]) for history in histories]
+    return ["; ".join(item_texts[item] for item in history[::-1][:recent_items]) for history in histories]
+
+
+def encode_behavior(
+    histories: list[np.ndarray], item_texts: list[str], config: EncoderConfig
+) -> tuple[np.ndarray, EncodingStats]:
+    """One embedding per user from their behavior text, through the same cache as item texts."""
+    return encode_texts(behavior_texts(histories, item_texts, config.behavior_recent_items), config)
 

@@ -135,21 +135,20 @@ def evaluate_model(
     metrics["coverage"] = catalog_coverage(rankings.top_items[:, :list_length], n_items)
 
     next_items = cases.next_items
-    predicted_categories = np.concatenate(
-        [
-            model.predict_category(cases.histories[start : start + user_batch_size]).argmax(dim=1).cpu().numpy()
-            for start in range(0, len(cases), user_batch_size)
-        ]
-    )
+    predicted_categories = _in_chunks(
+        lambda rows: model.predict_category([cases.histories[row] for row in rows]).argmax(dim=1), len(cases), user_batch_size
+    ).astype(np.int64)
     metrics.update(category_metrics([item_categories[item] for item in next_items], predicted_categories))
     if cases.next_ratings is not None:
-        predicted_ratings = np.concatenate(
-            [
-                model.predict_rating(cases.histories[start : start + user_batch_size], next_items[start : start + user_batch_size])
-                .float().cpu().numpy()
-                for start in range(0, len(cases), user_batch_size)
-            ]
+        predicted_ratings = _in_chunks(
+            lambda rows: model.predict_rating([cases.histories[row] for row in rows], next_items[rows]), len(cases), user_batch_size
         )
         metrics.update(rating_metrics(cases.next_ratings, predicted_ratings))
     metrics["users"] = len(cases)
     return metrics, Rankings(rankings.target_ranks, rankings.top_items[:, :list_length], rankings.top_scores[:, :list_length])
+
+
+def _in_chunks(predict, n_users: int, chunk_size: int) -> np.ndarray:
+    """Concatenate `predict(rows)` over consecutive chunks of user rows."""
+    chunks = [np.arange(start, min(start + chunk_size, n_users)) for start in range(0, n_users, chunk_size)]
+    return np.concatenate([predict(rows).float().cpu().numpy() for rows in chunks])

@@ -1,0 +1,116 @@
+"""The CLI end to end on a slice of the bundled data, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, write_yaml
+
+RUN_FILES = {
+    "config.resolved.yaml", "manifest.json", "metrics.json", "recommendations.parquet", "recommendations.csv",
+    "model.safetensors", "history.jsonl", "run.log", "catalog.json",
+}
+METRIC_NAMES = {
+    "hit_rate@10", "ndcg@10", "mrr@10", "precision@10", "recall@10", "accuracy", "precision", "recall", "f1", "mae",
+    "rmse", "coverage",
+}
+
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd or REPO, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, embedding_cache, tmp_path_factory):
+    from tests.conftest import tiny_config_dict
+
+    root = tmp_path_factory.mktemp("cli")
+    config = write_yaml(root / "tiny.yaml", tiny_config_dict(tiny_data, root / "runs", embedding_cache))
+    result = cli("run", config)
+    assert result.returncode == 0, result.stderr
+    return root, config, result
+
+
+def test_run_writes_every_output(finished_run, tiny_data):
+    root, _, result = finished_run
+    run_dir = (root / "runs" / "latest").resolve()
+    assert str(run_dir) in result.stdout
+    assert RUN_FILES <= {path.name for path in run_dir.iterdir()}
+    assert not [path for path in (root / "runs").iterdir() if path.name.startswith(".")]
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["protocol"]["exclude_seen"] is True
+    for split in ("valid", "test"):
+        for model in ("transformer", "popularity"):
+            assert METRIC_NAMES <= set(metrics["splits"][split][model])
+
+    recommendations = pd.read_parquet(run_dir / "recommendations.parquet")
+    assert list(recommendations.columns) == ["user_id", "rank", "item_id", "score"]
+    users = pd.read_csv(tiny_data / "ratings.csv")["userId"].astype(str).unique()
+    assert set(recommendations["user_id"]) == set(users)
+    assert (recommendations.groupby("user_id").size() == 5).all()
+    assert metrics["protocol"]["users_evaluated"]["test"] == len(users)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(run_dir / "recommendations.csv", dtype={"user_id": str, "item_id": str}),
+        recommendations.astype({"score": "float64"}),
+        check_dtype=False,
+    )
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["data"]["users"] == len(users)
+    assert {"encode", "train", "evaluate", "total"} <= set(manifest["timings_seconds"])
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_second_run_encodes_nothing(finished_run):
+    _, config, _ = finished_run
+    result = cli("run", config, "--set", "train.epochs=1")
+    assert result.returncode == 0, result.stderr
+    assert " 0 encoded" in result.stderr
+
+
+def test_recommend_for_new_and_known_users(finished_run, tmp_path):
+    root, _, _ = finished_run
+    events = tmp_path / "events.csv"
+    events.write_text("userId,movieId,timestamp\nnewcomer,1,100\nnewcomer,3114,200\n1,50,100\n", encoding="utf-8")
+    result = cli("recommend", root / "runs", "--events", events, "--top-k", "3")
+    assert result.returncode == 0, result.stderr
+    lists = pd.read_csv(pd.io.common.StringIO(result.stdout), dtype={"user_id": str, "item_id": str})
+    assert lists.groupby("user_id").size().to_dict() == {"1": 3, "newcomer": 3}
+    assert not set(lists.loc[lists["user_id"] == "newcomer", "item_id"]) & {"1", "3114"}
+
+
+def test_validate_writes_nothing(tiny_data, embedding_cache, tmp_path):
+    from tests.conftest import tiny_config_dict
+
+    config = write_yaml(tmp_path / "c.yaml", tiny_config_dict(tiny_data, tmp_path / "runs", embedding_cache))
+    result = cli("validate", config)
+    assert result.returncode == 0, result.stderr
+    assert "users       25" in result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tiny_data, embedding_cache, tmp_path):
+    from tests.conftest import tiny_config_dict
+
+    config = tiny_config_dict(tiny_data, tmp_path / "runs", embedding_cache)
+    config["train"]["epohcs"] = 3
+    result = cli("run", write_yaml(tmp_path / "c.yaml", config))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "did you mean train.epochs?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_everywhere():
+    for args in ([], ["run"], ["validate"], ["recommend"]):
+        result = cli(*args, "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout

@@ -1,0 +1,73 @@
+"""The encoder: real default model, agreement with sentence-transformers, and the on-disk cache."""
+
+import numpy as np
+import pytest
+
+from pipeline.config import EncoderConfig, load_config
+from pipeline.encoding import TextEncoder, behavior_texts, encode_behavior, encode_texts, encoder_identity
+from pipeline.errors import PipelineInputError
+
+TEXTS = ["Toy Story (1995). Genres: Animation", "Heat (1995). Genres: Action|Crime", "a", "Jumanji (1995)"]
+
+
+def test_cache_encodes_each_text_once(tmp_path):
+    config = EncoderConfig(cache_dir=str(tmp_path))
+    first, stats = encode_texts(TEXTS, config)
+    assert (stats.encoded, stats.from_cache) == (4, 0)
+    second, stats = encode_texts(TEXTS, config)
+    assert (stats.encoded, stats.from_cache) == (0, 4)
+    np.testing.assert_array_equal(first, second)
+    changed = TEXTS[:3] + ["Jumanji (1995). Tags: board game"]
+    third, stats = encode_texts(changed, config)
+    assert (stats.encoded, stats.from_cache) == (1, 3)
+    np.testing.assert_array_equal(third[:3], first[:3])
+
+
+def test_embeddings_are_normalized_and_match_sentence_transformers(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.encoding import resolve_model_source
+
+    config = EncoderConfig(cache_dir=str(tmp_path), max_length=128)
+    ours, _ = encode_texts(TEXTS, config)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    reference = SentenceTransformer(resolve_model_source(config.model), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    assert np.min(np.sum(ours * reference, axis=1)) > 0.999
+
+
+def test_length_sorted_batches_do_not_change_results(tmp_path):
+    single = TextEncoder(EncoderConfig(cache_dir=str(tmp_path), batch_size=1)).encode(TEXTS)
+    batched = TextEncoder(EncoderConfig(cache_dir=str(tmp_path), batch_size=3)).encode(TEXTS)
+    np.testing.assert_allclose(single, batched, atol=1e-5)
+
+
+def test_cache_identity_depends_on_pooling(tmp_path):
+    mean = EncoderConfig(cache_dir=str(tmp_path), pooling="mean")
+    cls = EncoderConfig(cache_dir=str(tmp_path), pooling="cls")
+    assert encoder_identity(mean) != encoder_identity(cls)
+    mean_vectors, _ = encode_texts(TEXTS[:2], mean)
+    cls_vectors, stats = encode_texts(TEXTS[:2], cls)
+    assert stats.encoded == 2
+    assert not np.allclose(mean_vectors, cls_vectors)
+
+
+def test_missing_encoder_folder_is_a_config_error(tiny_config):
+    tiny_config["encoder"]["model"] = "./no/such/model"
+    with pytest.raises(PipelineInputError, match=r"encoder\.model: model folder not found"):
+        load_config(tiny_config)
+
+
+def test_behavior_text_is_recent_items_newest_first():
+    titles = ["", "A", "B", "C", "D"]
+    assert behavior_texts([np.array([1, 2, 3, 4])], titles, recent_items=3) == ["D; C; B"]
+
+
+def test_behavior_embedding_is_closest_to_its_own_items(tmp_path):
+    items = ["", "Toy Story, an animated film about toys", "Heat, a crime thriller about a heist", "Finding Nemo, animated fish"]
+    config = EncoderConfig(cache_dir=str(tmp_path), behavior_recent_items=2)
+    users, stats = encode_behavior([np.array([1, 3]), np.array([2])], items, config)
+    item_vectors, _ = encode_texts(items[1:], config)
+    similarity = users @ item_vectors.T
+    assert similarity[0, [0, 2]].min() > similarity[0, 1]
+    assert similarity[1].argmax() == 1
+    assert stats.encoded == 2

@@ -1,0 +1,20 @@
+"""notebooks/quickstart.ipynb runs top to bottom (on the tiny slice, pointed at by an environment variable)."""
+
+import os
+
+import nbformat
+from nbclient import NotebookClient
+
+from tests.conftest import REPO, tiny_config_dict, write_yaml
+
+
+def test_quickstart_notebook_executes(tiny_data, embedding_cache, tmp_path, monkeypatch):
+    config = tiny_config_dict(tiny_data, tmp_path / "runs", embedding_cache)
+    config["train"]["epochs"] = 1
+    monkeypatch.setenv("PIPELINE_NOTEBOOK_CONFIG", str(write_yaml(tmp_path / "tiny.yaml", config)))
+    notebook = nbformat.read(REPO / "notebooks" / "quickstart.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    assert (tmp_path / "runs" / "latest" / "metrics.json").is_file()
+    assert os.environ["PIPELINE_NOTEBOOK_CONFIG"]

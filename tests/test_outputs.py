@@ -1,0 +1,43 @@
+"""A run directory appears only when finished; a failed run leaves nothing and keeps `latest`."""
+
+import pytest
+
+import pipeline
+from pipeline import api
+
+
+def test_failed_run_leaves_no_directory_and_keeps_latest(tiny_config, monkeypatch, tmp_path):
+    tiny_config["train"]["epochs"] = 1
+    first = pipeline.run(tiny_config)
+    latest = tmp_path / "runs" / "latest"
+    assert latest.resolve() == first.run_dir
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(api, "save_model", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        pipeline.run(tiny_config)
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == sorted([first.run_dir.name, "latest"])
+    assert latest.resolve() == first.run_dir
+
+
+def test_library_run_and_reload(tiny_config):
+    tiny_config["train"]["epochs"] = 1
+    result = pipeline.run(tiny_config, overrides=["model.name=lstm"])
+    assert result.metrics["splits"]["test"]["lstm"]["users"] == 25
+    assert "metrics.json" in result.paths
+    loaded = pipeline.load_run(result.run_dir)
+    full_histories = pipeline.api.load_interactions(result.config.data.interactions)
+    lists = loaded.recommend(full_histories)
+    assert lists["user_id"].nunique() == 25
+    assert (lists.groupby("user_id").size() == result.config.output.top_k).all()
+
+
+def test_checkpoint_from_a_different_shape_is_refused(tiny_config, tmp_path):
+    tiny_config["train"]["epochs"] = 1
+    result = pipeline.run(tiny_config)
+    resolved = result.run_dir / "config.resolved.yaml"
+    resolved.write_text(resolved.read_text().replace("hidden_size: 16", "hidden_size: 32"))
+    with pytest.raises(pipeline.PipelineInputError, match=r"model\.safetensors: checkpoint does not fit this model"):
+        pipeline.load_run(result.run_dir)
