@@ -4,7 +4,7 @@ End to end: `pipeline.run("configs/quickstart.yaml")`. Stage by stage: load_conf
 encode -> build_model -> train -> evaluate; afterwards load_run / recommend.
 """
 
-from pipeline.api import LoadedRun, RunResult, encode, evaluate, load_run, recommend, run, train
+from pipeline.api import CompareResult, LoadedRun, RunResult, compare, encode, evaluate, load_run, recommend, run, train
 from pipeline.config import Config, load_config
 from pipeline.data import PreparedData, load_data, prepare
 from pipeline.encoding import TextEncoder, encode_behavior, encode_items, encode_texts
@@ -14,7 +14,7 @@ from pipeline.models import build_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config", "LoadedRun", "PipelineInputError", "PreparedData", "RunResult", "TextEncoder", "build_model", "encode",
+    "CompareResult", "compare", "Config", "LoadedRun", "PipelineInputError", "PreparedData", "RunResult", "TextEncoder", "build_model", "encode",
     "encode_behavior",
     "encode_items", "encode_texts", "evaluate", "load_config", "load_data", "load_run", "prepare", "recommend", "run",
     "train",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +23,13 @@ import pandas as pd
 import torch
 
 from pipeline.config import Config, load_config
-from pipeline.data import TEST, VALID, PreparedData, load_data, prepare
+from pipeline.data import TEST, VALID, PreparedData, RawData, load_data, prepare
 from pipeline.data.load import load_interactions
 from pipeline.encoding import EncodingStats, encode_items, resolve_device
 from pipeline.errors import PipelineInputError
 from pipeline.evaluation import Rankings, evaluate_model, rank_users, ranking_metrics
 from pipeline.models import build_model, uses_text_embeddings
+from pipeline.models.fusion import ScoreFusion
 from pipeline.outputs import (
     RunDirectory, elapsed, environment_manifest, file_fingerprint, load_model_state, resolve_run, save_model, utc_now,
     write_table,
@@ -105,64 +107,161 @@ def recommendation_frame(user_ids: np.ndarray, item_ids: np.ndarray, rankings: R
 # ---- end to end --------------------------------------------------------------------------------------------------
 
 
+class _Stages:
+    """Shared bookkeeping of `run` and `compare`: stage timings and the run directory's publish-or-abort."""
+
+    def __init__(self, config: Config, name: str):
+        self.config = config
+        self.timings: dict[str, float] = {}
+        self.started_at, self._started = utc_now(), time.perf_counter()
+        self.output = RunDirectory(config.output.root, name)
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        yield
+        self.timings[name] = elapsed(started)
+
+    @contextmanager
+    def publishing(self):
+        """Everything inside writes into the temporary folder; it is published only if the block succeeds."""
+        run_log = _log_to_file(self.output.file("run.log"))
+        try:
+            yield self.output
+        except BaseException:
+            self.output.abort()
+            raise
+        finally:
+            log.removeHandler(run_log)
+            run_log.close()
+
+    def load(self) -> tuple[RawData, PreparedData]:
+        with self.stage("load_prepare"):
+            raw = load_data(self.config.data)
+            data = prepare(raw, self.config.data)
+        return raw, data
+
+    def finish(self, raw: RawData, data: PreparedData, encoding: EncodingStats | None) -> Path:
+        self.output.write_text("config.resolved.yaml", self.config.to_yaml())
+        self.timings["total"] = elapsed(self._started)
+        self.output.write_json("manifest.json", manifest(self.config, raw.source_files, data, encoding, self.timings, self.started_at))
+        run_dir = self.output.commit()
+        log.info("finished in %.1fs: %s", self.timings["total"], run_dir)
+        return run_dir
+
+
 def run(config_or_path: str | Path | dict | Config, overrides: list[str] | None = None, progress: bool | None = None) -> RunResult:
     """Load, prepare, encode, train, evaluate and write one run directory; return its metrics and lists."""
     config = load_config(config_or_path, overrides)
-    timings: dict[str, float] = {}
-    started_at, run_started = utc_now(), time.perf_counter()
-    output = RunDirectory(config.output.root, config.name)
-    run_log = _log_to_file(output.file("run.log"))
-    try:
-        stage = time.perf_counter()
-        raw = load_data(config.data)
-        data = prepare(raw, config.data)
-        timings["load_prepare"] = elapsed(stage)
-
-        stage = time.perf_counter()
-        item_embeddings, encoding_stats = encode(data, config, progress=bool(progress))
-        timings["encode"] = elapsed(stage)
-
-        stage = time.perf_counter()
-        model = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed)
-        history = train(model, data, config, progress)
-        timings["train"] = elapsed(stage)
-
-        stage = time.perf_counter()
-        models = {config.model.name: model}
-        if config.model.name != BASELINE:
-            baseline = build_model(config.model.model_copy(update={"name": BASELINE}), data.n_items, data.category_matrix(), None)
-            baseline.fit_statistics(data)
-            models[BASELINE] = baseline
-        metrics = {"protocol": protocol(data, config), "splits": {VALID: {}, TEST: {}}}
-        for split in (VALID, TEST):
-            for name, candidate in models.items():
-                metrics["splits"][split][name], rankings = evaluate(candidate, data, config, split)
-                if split == TEST and name == config.model.name:
-                    test_users = data.user_ids[data.eval_cases(TEST).users]
-                    recommendations = recommendation_frame(test_users, data.item_ids, rankings)
-        timings["evaluate"] = elapsed(stage)
-
-        stage = time.perf_counter()
-        save_model(model, output.file("model.safetensors"))
-        output.write_json("catalog.json", catalog(data, item_embeddings))
-        output.write_text("config.resolved.yaml", config.to_yaml())
-        output.write_json("metrics.json", metrics)
-        output.write_jsonl("history.jsonl", history)
-        write_table(recommendations, output.file("recommendations.parquet"))
-        if config.output.write_csv:
-            write_table(recommendations, output.file("recommendations.csv"))
-        timings["write"] = elapsed(stage)
-        timings["total"] = elapsed(run_started)
-        output.write_json("manifest.json", manifest(config, raw.source_files, data, encoding_stats, timings, started_at))
-        run_dir = output.commit()
-    except BaseException:
-        output.abort()
-        raise
-    finally:
-        log.removeHandler(run_log)
-        run_log.close()
-    log.info("run finished in %.1fs: %s", timings["total"], run_dir)
+    stages = _Stages(config, config.name)
+    with stages.publishing() as output:
+        raw, data = stages.load()
+        with stages.stage("encode"):
+            item_embeddings, encoding_stats = encode(data, config, progress=bool(progress))
+        with stages.stage("train"):
+            model = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
+            history = train(model, data, config, progress)
+        with stages.stage("evaluate"):
+            models = {config.model.name: model}
+            if config.model.name != BASELINE:
+                baseline = build_model(config.model.model_copy(update={"name": BASELINE}), data.n_items, data.category_matrix(), None)
+                baseline.fit_statistics(data)
+                models[BASELINE] = baseline
+            metrics = {"protocol": protocol(data, config), "splits": {VALID: {}, TEST: {}}}
+            for split in (VALID, TEST):
+                for name, candidate in models.items():
+                    metrics["splits"][split][name], rankings = evaluate(candidate, data, config, split)
+                    if split == TEST and name == config.model.name:
+                        test_users = data.user_ids[data.eval_cases(TEST).users]
+                        recommendations = recommendation_frame(test_users, data.item_ids, rankings)
+        with stages.stage("write"):
+            save_model(model, output.file("model.safetensors"))
+            output.write_json("catalog.json", catalog(data, item_embeddings))
+            output.write_json("metrics.json", metrics)
+            output.write_jsonl("history.jsonl", history)
+            write_table(recommendations, output.file("recommendations.parquet"))
+            if config.output.write_csv:
+                write_table(recommendations, output.file("recommendations.csv"))
+        run_dir = stages.finish(raw, data, encoding_stats)
     return RunResult(run_dir, config, metrics, recommendations, history)
+
+
+@dataclass
+class CompareResult:
+    run_dir: Path
+    config: Config
+    metrics: dict
+    leaderboard: pd.DataFrame
+
+
+def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | None = None, progress: bool | None = None) -> CompareResult:
+    """Train and evaluate every model of `compare.models` on the same prepared data; write a leaderboard."""
+    config = load_config(config_or_path, overrides)
+    model_configs = config.compared_models()
+    if not model_configs:
+        raise PipelineInputError("compare.models: empty; list the models to compare, e.g. [{name: popularity}, {name: item_cf}]")
+    if not any(model_config.name == BASELINE for model_config in model_configs.values()):
+        model_configs = {BASELINE: config.model.model_copy(update={"name": BASELINE}), **model_configs}
+    stages = _Stages(config, f"{config.name}-compare")
+    with stages.publishing() as output:
+        raw, data = stages.load()
+        with stages.stage("encode"):
+            item_embeddings, encoding_stats = None, None
+            if any(uses_text_embeddings(model_config) for model_config in model_configs.values()):
+                item_embeddings, encoding_stats = encode_items(data.item_texts, config.encoder, progress=bool(progress))
+        metrics = {"protocol": protocol(data, config), "splits": {VALID: {}, TEST: {}}}
+        rows, histories, trained = [], [], {}
+        for label, model_config in model_configs.items():
+            with stages.stage(f"train:{label}"):
+                model = build_model(model_config, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
+                history = train(model, data, config, progress)
+            histories.extend({"model": label, **record} for record in history)
+            trained[label] = model
+            rows.append(_leaderboard_row(label, model, data, config, metrics, stages.timings[f"train:{label}"]))
+        if config.compare.fusion:
+            label = "fusion(" + "+".join(config.compare.fusion) + ")"
+            with stages.stage(f"train:{label}"):
+                fusion = ScoreFusion({member: trained[member] for member in config.compare.fusion})
+                weights = fusion.fit_weights(data.eval_cases(VALID), config.eval.select_k, config.eval.exclude_seen, config.eval.user_batch_size)
+            log.info("fusion weights fitted on validation: %s", weights)
+            metrics["fusion_weights"] = weights
+            rows.append(_leaderboard_row(label, fusion, data, config, metrics, stages.timings[f"train:{label}"]))
+        leaderboard = pd.DataFrame(rows).sort_values(f"test_{selection_metric(config)}", ascending=False, kind="stable")
+        output.write_json("metrics.json", metrics)
+        output.write_jsonl("history.jsonl", histories)
+        write_table(leaderboard, output.file("leaderboard.csv"))
+        output.write_text("leaderboard.md", leaderboard_markdown(leaderboard, metrics["protocol"]))
+        run_dir = stages.finish(raw, data, encoding_stats)
+    return CompareResult(run_dir, config, metrics, leaderboard)
+
+
+def _leaderboard_row(label: str, model, data: PreparedData, config: Config, metrics: dict, train_seconds: float) -> dict:
+    row = {"model": label}
+    for split in (VALID, TEST):
+        started = time.perf_counter()
+        metrics["splits"][split][label], _ = evaluate(model, data, config, split)
+        if split == VALID:
+            row[f"valid_{selection_metric(config)}"] = metrics["splits"][VALID][label][selection_metric(config)]
+    row.update({f"test_{name}": value for name, value in metrics["splits"][TEST][label].items()})
+    row["train_seconds"] = train_seconds
+    row["test_eval_seconds"] = elapsed(started)
+    return row
+
+
+def leaderboard_markdown(leaderboard: pd.DataFrame, protocol_info: dict) -> str:
+    shown = leaderboard.drop(columns=[c for c in leaderboard.columns if c.startswith("test_coverage@")])
+    header = "| " + " | ".join(shown.columns) + " |"
+    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+    lines = [
+        "| " + " | ".join(f"{value:.4f}" if isinstance(value, float) else str(value) for value in row) + " |"
+        for row in shown.itertuples(index=False)
+    ]
+    notes = [
+        f"Protocol: split {protocol_info['split']}, candidates: {protocol_info['candidates']} ({protocol_info['n_items']}), "
+        f"seen items excluded: {protocol_info['exclude_seen']}, users evaluated: {protocol_info['users_evaluated']}, "
+        f"model selection: {protocol_info['model_selection']}.",
+    ]
+    return "# Leaderboard\n\n" + "\n".join([header, rule, *lines]) + "\n\n" + "\n".join(notes) + "\n"
 
 
 def _log_to_file(path: Path) -> logging.Handler:

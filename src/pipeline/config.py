@@ -31,9 +31,13 @@ class InteractionColumns(Section):
     event: str | None = None
 
 
-class InteractionsConfig(Section):
+class TableSource(Section):
     path: str
+    # auto: by file suffix (.parquet, .jsonl/.ndjson, otherwise CSV).
     format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
+
+
+class InteractionsConfig(TableSource):
     columns: InteractionColumns = InteractionColumns()
     # Keep only these event types (None keeps all); needs `columns.event`.
     event_types: list[str] | None = None
@@ -44,9 +48,7 @@ class ItemColumns(Section):
     category: str = "category"
 
 
-class ItemsConfig(Section):
-    path: str
-    format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
+class ItemsConfig(TableSource):
     columns: ItemColumns = ItemColumns()
     text_fields: list[str] = Field(default_factory=lambda: ["title"], min_length=1)
     # Python format string over the text fields (and `tags` when a tags table is configured).
@@ -59,9 +61,7 @@ class TagColumns(Section):
     tag: str = "tag"
 
 
-class TagsConfig(Section):
-    path: str
-    format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
+class TagsConfig(TableSource):
     columns: TagColumns = TagColumns()
     max_per_item: int = Field(10, ge=1)
 
@@ -108,8 +108,14 @@ class EncoderConfig(Section):
     behavior_recent_items: int = Field(10, ge=1)
 
 
+MODEL_NAMES = (
+    "transformer", "lstm", "gru", "popularity", "popularity_recent", "item_cf", "user_cf", "tfidf_content",
+    "bert_content",
+)
+
+
 class ModelConfig(Section):
-    name: Literal["transformer", "lstm", "gru", "popularity"] = "transformer"
+    name: Literal[MODEL_NAMES] = "transformer"
     # How an item enters the sequence model: its frozen text embedding projected to the model width, a learnable
     # id embedding, or their sum.
     item_representation: Literal["text+id", "text", "id"] = "text+id"
@@ -118,6 +124,12 @@ class ModelConfig(Section):
     num_heads: int = Field(2, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     max_length: int = Field(50, ge=2)
+    # Collaborative filtering: similar items (item_cf) or users (user_cf) kept per item or user.
+    neighbours: int = Field(100, ge=1)
+    # Content models: a history item's weight halves every this many newer items.
+    decay_half_life: float = Field(10.0, gt=0)
+    # popularity_recent: only training events in the last this many days (before the training end) count.
+    recent_days: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
     def _heads_divide_width(self):
@@ -159,6 +171,41 @@ class EvalConfig(Section):
         return sorted(set(value))
 
 
+class CompareConfig(Section):
+    # Each entry overrides keys of the `model` section, e.g. {name: item_cf, neighbours: 50}; `label` names the row.
+    models: list[dict[str, Any]] = Field(default_factory=list)
+    # Labels of compared models whose scores are blended, with weights fitted on validation NDCG@select_k.
+    fusion: list[str] = Field(default_factory=list)
+
+    @field_validator("models")
+    @classmethod
+    def _valid_entries(cls, entries):
+        for position, entry in enumerate(entries):
+            overrides = {key: value for key, value in entry.items() if key != "label"}
+            try:
+                ModelConfig.model_validate(overrides)
+            except ValidationError as err:
+                first = err.errors()[0]
+                raise ValueError(f"entry {position}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        return entries
+
+    @model_validator(mode="after")
+    def _fusion_members_exist(self):
+        labels = [model_label(entry) for entry in self.models]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"compare.models: labels must be unique, got {labels}")
+        unknown = [name for name in self.fusion if name not in labels]
+        if unknown:
+            raise ValueError(f"fusion members {unknown} are not among the compared models {labels}")
+        if self.fusion and len(self.fusion) < 2:
+            raise ValueError("fusion needs at least two models")
+        return self
+
+
+def model_label(entry: dict[str, Any]) -> str:
+    return str(entry.get("label") or entry.get("name", "transformer"))
+
+
 class OutputConfig(Section):
     root: str = "runs"
     top_k: int = Field(10, ge=1)
@@ -173,7 +220,17 @@ class Config(Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    compare: CompareConfig = CompareConfig()
     output: OutputConfig = OutputConfig()
+
+    def compared_models(self) -> dict[str, ModelConfig]:
+        """Label -> full model config for each `compare.models` entry (the `model` section with its overrides)."""
+        return {
+            model_label(entry): ModelConfig.model_validate(
+                {**self.model.model_dump(), **{key: value for key, value in entry.items() if key != "label"}}
+            )
+            for entry in self.compare.models
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

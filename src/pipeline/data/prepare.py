@@ -8,7 +8,7 @@ file's row order.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,7 @@ class PreparedData:
     item_categories: list[np.ndarray]  # category indices per item index
     category_names: list[str]
     split_method: str
+    _cases: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_items(self) -> int:
@@ -72,6 +73,11 @@ class PreparedData:
 
     def eval_cases(self, split: str) -> EvalCases:
         """Valid: history = train events. Test: history = train + valid events. Users without history are skipped."""
+        if split not in self._cases:
+            self._cases[split] = self._build_eval_cases(split)
+        return self._cases[split]
+
+    def _build_eval_cases(self, split: str) -> EvalCases:
         history_splits = (TRAIN,) if split == VALID else (TRAIN, VALID)
         histories = self.sequences(history_splits)
         target_rows = self.events[self.events["split"] == split]

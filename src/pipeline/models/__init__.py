@@ -6,12 +6,18 @@ import numpy as np
 import torch
 
 from pipeline.config import ModelConfig
-from pipeline.models.popularity import PopularityModel
+from pipeline.models.content import BertContent, TfidfContent
+from pipeline.models.neighbourhood import ItemCF, UserCF
+from pipeline.models.popularity import PopularityModel, RecentPopularity
 from pipeline.models.sequence import SequenceRecommender
+
+SEQUENCE_MODELS = ("transformer", "lstm", "gru")
 
 
 def uses_text_embeddings(config: ModelConfig) -> bool:
-    return config.name != "popularity" and "text" in config.item_representation
+    if config.name in SEQUENCE_MODELS:
+        return "text" in config.item_representation
+    return config.name == "bert_content"
 
 
 def build_model(
@@ -20,6 +26,7 @@ def build_model(
     category_matrix: np.ndarray,
     item_text_embeddings: np.ndarray | None,
     seed: int = 0,
+    n_users: int = 0,
 ) -> torch.nn.Module:
     """A fresh model. `category_matrix` is [n_items + 1, n_categories]; embeddings are [n_items + 1, width] or None.
 
@@ -27,15 +34,27 @@ def build_model(
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _construct(config, n_items, category_matrix, item_text_embeddings)
+        return _construct(config, n_items, category_matrix, item_text_embeddings, n_users)
 
 
-def _construct(config, n_items, category_matrix, item_text_embeddings) -> torch.nn.Module:
-    if config.name == "popularity":
-        return PopularityModel(n_items, category_matrix.shape[1])
+def _construct(config, n_items, category_matrix, item_text_embeddings, n_users) -> torch.nn.Module:
+    n_categories = category_matrix.shape[1]
+    baselines = {
+        "popularity": lambda: PopularityModel(n_items, n_categories),
+        "popularity_recent": lambda: RecentPopularity(n_items, n_categories, config.recent_days),
+        "item_cf": lambda: ItemCF(n_items, category_matrix, config.max_length, config.neighbours),
+        "user_cf": lambda: UserCF(n_items, category_matrix, config.max_length, config.neighbours, n_users),
+        "tfidf_content": lambda: TfidfContent(n_items, category_matrix, config.max_length, config.decay_half_life),
+        "bert_content": lambda: BertContent(n_items, category_matrix, config.max_length, config.decay_half_life, item_text_embeddings),
+    }
+    if config.name in baselines:
+        return baselines[config.name]()
     if item_text_embeddings is None:
         item_text_embeddings = np.zeros((n_items + 1, 1), dtype=np.float32)
     return SequenceRecommender(config, item_text_embeddings, category_matrix)
 
 
-__all__ = ["build_model", "uses_text_embeddings", "PopularityModel", "SequenceRecommender"]
+__all__ = [
+    "build_model", "uses_text_embeddings", "SEQUENCE_MODELS", "BertContent", "ItemCF", "PopularityModel",
+    "RecentPopularity", "SequenceRecommender", "TfidfContent", "UserCF",
+]

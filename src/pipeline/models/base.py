@@ -58,3 +58,61 @@ class TrainingStatistics(torch.nn.Module):
             sums = torch.zeros(data.n_items + 1).index_add_(0, items, ratings)
             self.global_rating_mean.fill_(global_mean)
             self.item_rating_means.copy_((sums + self.RATING_DAMPING * global_mean) / (counts + self.RATING_DAMPING))
+
+
+def recency_weights(histories: list[np.ndarray], max_length: int, half_life: float, n_items: int) -> torch.Tensor:
+    """[users, n_items + 1] weights of each user's recent items: the newest weighs 1, halving every `half_life` items."""
+    weights = torch.zeros(len(histories), n_items + 1)
+    for row, history in enumerate(histories):
+        recent = torch.tensor(history[-max_length:], dtype=torch.long)
+        ages = torch.arange(len(recent) - 1, -1, -1, dtype=torch.float32)
+        weights[row].index_add_(0, recent, torch.pow(0.5, ages / half_life))
+    weights[:, 0] = 0
+    return weights
+
+
+class ScoringModel(torch.nn.Module):
+    """Base of models that only score items: category and rating predictions are derived, not learned.
+
+    The category of the next interaction is read off the model's own top items (weighted 1/rank), so it is as good as
+    the ranking; the rating is the item's damped mean rating.
+    """
+
+    CATEGORY_TOP_ITEMS = 20
+    # Buffers whose size depends on the training data; loading a checkpoint takes the stored size.
+    RESIZABLE_BUFFERS: tuple[str, ...] = ()
+
+    def __init__(self, n_items: int, category_matrix: np.ndarray, max_length: int):
+        super().__init__()
+        self.max_length = max_length
+        self.statistics = TrainingStatistics(n_items, category_matrix.shape[1])
+        self.register_buffer("item_category_weights", torch.as_tensor(category_matrix, dtype=torch.float32))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_category_weights) - 1
+
+    def fit_statistics(self, data: PreparedData) -> None:
+        self.statistics.fit(data)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in self.RESIZABLE_BUFFERS:
+            stored = state_dict.get(prefix + name)
+            if stored is not None:
+                setattr(self, name, torch.empty_like(stored))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def break_ties_by_popularity(self, scores: torch.Tensor) -> torch.Tensor:
+        """Add popularity at a scale far below any real score difference: users with no signal still get a list."""
+        counts = self.statistics.item_counts
+        return scores + 1e-6 * counts / counts.max().clamp(min=1)
+
+    def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
+        scores = self.score_items(histories).clone()
+        scores[:, 0] = float("-inf")
+        top = scores.topk(min(self.CATEGORY_TOP_ITEMS, self.n_items), dim=1).indices
+        rank_weights = 1.0 / torch.arange(1, top.shape[1] + 1, dtype=torch.float32)
+        return torch.einsum("r,brc->bc", rank_weights, self.item_category_weights[top])
+
+    def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:
+        return self.statistics.item_rating_means[torch.as_tensor(items, dtype=torch.long)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.data.prepare import PreparedData
+from pipeline.data.prepare import TRAIN, PreparedData
 from pipeline.models.base import TrainingStatistics
 
 
@@ -29,3 +29,24 @@ class PopularityModel(torch.nn.Module):
 
     def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:
         return self.statistics.item_rating_means[torch.as_tensor(items, dtype=torch.long)]
+
+
+class RecentPopularity(PopularityModel):
+    """Popularity over the last `recent_days` of training events; all-time counts only break ties."""
+
+    def __init__(self, n_items: int, n_categories: int, recent_days: float):
+        super().__init__(n_items, n_categories)
+        self.recent_days = recent_days
+        self.register_buffer("recent_counts", torch.zeros(n_items + 1))
+
+    def fit_statistics(self, data: PreparedData) -> None:
+        super().fit_statistics(data)
+        train = data.events[data.events["split"] == TRAIN]
+        recent = train[train["timestamp"] >= train["timestamp"].max() - self.recent_days * 86400]
+        counts = np.bincount(recent["item"].to_numpy(), minlength=data.n_items + 1).astype(np.float32)
+        self.recent_counts.copy_(torch.from_numpy(counts))
+
+    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+        all_time = self.statistics.item_counts
+        scores = self.recent_counts + all_time / (all_time.max().clamp(min=1) + 1)
+        return scores.unsqueeze(0).expand(len(histories), -1)

@@ -1,0 +1,78 @@
+"""Score fusion: a weighted sum of member models' per-user standardized scores, weights fitted on validation."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from pipeline.data.prepare import EvalCases, PreparedData
+from pipeline.evaluation import rank_users, ranking_metrics
+
+# Weight grid resolution on the simplex: 0, 0.1, ..., 1 for each member, summing to 1.
+WEIGHT_STEPS = 10
+
+
+def standardize(scores: torch.Tensor) -> torch.Tensor:
+    """Per user: zero mean, unit variance over the catalog (column 0, padding, excluded), so scales are comparable."""
+    real = scores[:, 1:]
+    centred = (scores - real.mean(dim=1, keepdim=True)) / real.std(dim=1, keepdim=True).clamp(min=1e-8)
+    centred[:, 0] = 0
+    return centred
+
+
+class ScoreFusion(torch.nn.Module):
+    def __init__(self, members: dict[str, torch.nn.Module]):
+        super().__init__()
+        self.members = torch.nn.ModuleDict(members)
+        self.register_buffer("weights", torch.full((len(members),), 1.0 / len(members)))
+        self.max_length = max(member.max_length for member in members.values())
+
+    def fit_statistics(self, data: PreparedData) -> None:
+        """Members are fitted already; fusion learns only its weights (`fit_weights`)."""
+
+    def _member_scores(self, histories: list[np.ndarray]) -> list[torch.Tensor]:
+        return [standardize(member.score_items(histories).float().cpu()) for member in self.members.values()]
+
+    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return sum(weight * scores for weight, scores in zip(self.weights, self._member_scores(histories)))
+
+    def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return sum(
+            weight * member.predict_category(histories).float().cpu().softmax(dim=1)
+            for weight, member in zip(self.weights, self.members.values())
+        )
+
+    def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:
+        return sum(
+            weight * member.predict_rating(histories, items).float().cpu()
+            for weight, member in zip(self.weights, self.members.values())
+        )
+
+    @torch.inference_mode()
+    def fit_weights(self, cases: EvalCases, k: int, exclude_seen: bool, user_batch_size: int) -> dict[str, float]:
+        """Grid-search the weights on the simplex for the best NDCG@k on `cases` (the validation split)."""
+        member_scores = self._member_scores(cases.histories)
+        best_weights, best_score = None, float("-inf")
+        for steps in itertools.product(range(WEIGHT_STEPS + 1), repeat=len(member_scores)):
+            if sum(steps) != WEIGHT_STEPS:
+                continue
+            weights = [step / WEIGHT_STEPS for step in steps]
+            blended = _Fixed(sum(w * s for w, s in zip(weights, member_scores)))
+            ranks = rank_users(blended, cases.histories, cases.targets, k, exclude_seen, len(cases) or 1).target_ranks
+            score = ranking_metrics(ranks, [k])[f"ndcg@{k}"]
+            if score > best_score:
+                best_weights, best_score = weights, score
+        self.weights.copy_(torch.tensor(best_weights))
+        return dict(zip(self.members.keys(), best_weights))
+
+
+class _Fixed:
+    """Precomputed scores behind the scoring interface, for the weight search."""
+
+    def __init__(self, scores: torch.Tensor):
+        self.scores = scores
+
+    def score_items(self, histories):
+        return self.scores[: len(histories)]

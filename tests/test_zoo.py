@@ -1,0 +1,106 @@
+"""The model zoo: hand-checked neighbourhood scores, content ranking, and `compare` writing one leaderboard."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import pipeline
+from pipeline.config import ModelConfig, load_config
+from pipeline.data import load_data, prepare
+from pipeline.models import build_model
+from tests.test_data import config_for, write_items, write_log
+
+
+@pytest.fixture
+def four_users(tmp_path):
+    # Users 1-3 share items 11 and 12; user 4 watches 13 and 14 together. Timestamps make the last two of each
+    # user valid/test, so training holds: u1 [11, 12], u2 [11, 12], u3 [12, 11], u4 [13, 14].
+    rows = []
+    for user, items in {1: [11, 12, 15, 16], 2: [11, 12, 16, 15], 3: [12, 11, 15, 16], 4: [13, 14, 16, 15]}.items():
+        rows += [f"{user},{item},{t}" for t, item in enumerate(items)]
+    config = config_for(write_log(tmp_path, rows), write_items(tmp_path, [11, 12, 13, 14, 15, 16]))
+    return prepare(load_data(config.data), config.data)
+
+
+def index_of(data, item_id):
+    return list(data.item_ids).index(str(item_id))
+
+
+def test_item_cf_similarity_by_hand(four_users):
+    data = four_users
+    model = build_model(ModelConfig(name="item_cf", neighbours=2), data.n_items, data.category_matrix(), None)
+    model.fit_statistics(data)
+    scores = model.score_items([np.array([index_of(data, 11)])])[0]
+    # Item 11 and 12 share all three of their users: cosine 3 / (sqrt(3) sqrt(3)) = 1; 13 and 14 never co-occur with 11.
+    assert scores[index_of(data, 12)].item() == pytest.approx(1.0, abs=1e-5)
+    assert scores[index_of(data, 13)].item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_user_cf_scores_a_new_user_by_neighbours(four_users):
+    data = four_users
+    model = build_model(ModelConfig(name="user_cf", neighbours=1), data.n_items, data.category_matrix(), None, n_users=data.n_users)
+    model.fit_statistics(data)
+    # A newcomer who watched 13 resembles user 4 only (cosine 1 / (1 * sqrt(2))): item 14 gets that vote.
+    scores = model.score_items([np.array([index_of(data, 13)])])[0]
+    assert scores[index_of(data, 14)].item() == pytest.approx(1 / np.sqrt(2), abs=1e-5)
+    assert scores[index_of(data, 11)].item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_content_models_rank_similar_texts_first(tmp_path):
+    items = tmp_path / "items.csv"
+    pd.DataFrame(
+        {
+            "id": [1, 2, 3, 4],
+            "title": ["space rocket adventure in orbit", "rocket launch to space station", "romantic comedy in paris", "love story comedy"],
+            "cat": ["scifi", "scifi", "romance", "romance"],
+        }
+    ).to_csv(items, index=False)
+    config = config_for(write_log(tmp_path, ["1,1,1", "1,3,2", "1,4,3", "2,3,1", "2,4,2", "2,2,3"]), items)
+    data = prepare(load_data(config.data), config.data)
+    model = build_model(ModelConfig(name="tfidf_content"), data.n_items, data.category_matrix(), None)
+    model.fit_statistics(data)
+    scores = model.score_items([np.array([index_of(data, 1)])])[0]
+    assert scores[index_of(data, 2)] > scores[index_of(data, 3)]
+    assert scores[index_of(data, 2)] > scores[index_of(data, 4)]
+
+
+def test_compare_writes_one_leaderboard(tiny_config):
+    tiny_config["train"]["epochs"] = 1
+    tiny_config["compare"] = {
+        "models": [
+            {"name": "popularity_recent", "recent_days": 365},
+            {"name": "item_cf"},
+            {"name": "user_cf", "neighbours": 10},
+            {"name": "tfidf_content"},
+            {"name": "bert_content"},
+            {"name": "gru", "label": "gru_text", "item_representation": "text"},
+        ],
+        "fusion": ["item_cf", "bert_content"],
+    }
+    result = pipeline.compare(tiny_config)
+    board = result.leaderboard
+    expected = {"popularity", "popularity_recent", "item_cf", "user_cf", "tfidf_content", "bert_content", "gru_text", "fusion(item_cf+bert_content)"}
+    assert set(board["model"]) == expected
+    assert {"test_ndcg@10", "test_hit_rate@10", "test_mrr@10", "test_accuracy", "test_f1", "test_mae", "test_coverage", "train_seconds"} <= set(board.columns)
+    assert board["test_ndcg@10"].is_monotonic_decreasing
+    assert (result.run_dir / "leaderboard.md").read_text().startswith("# Leaderboard")
+    assert pd.read_csv(result.run_dir / "leaderboard.csv")["model"].tolist() == board["model"].tolist()
+    assert sum(result.metrics["fusion_weights"].values()) == pytest.approx(1.0)
+
+
+def test_compare_rejects_unknown_fusion_member(tiny_config):
+    tiny_config["compare"] = {"models": [{"name": "item_cf"}, {"name": "user_cf"}], "fusion": ["item_cf", "sasrec"]}
+    with pytest.raises(pipeline.PipelineInputError, match=r"compare: .*fusion members \['sasrec'\]"):
+        load_config(tiny_config)
+    tiny_config["compare"] = {"models": [{"name": "item_cf", "neighbors": 5}]}
+    with pytest.raises(pipeline.PipelineInputError, match=r"compare\.models: .*entry 0: neighbors"):
+        load_config(tiny_config)
+
+
+def test_saved_baselines_reload(tiny_config):
+    for name in ("user_cf", "tfidf_content"):
+        result = pipeline.run(tiny_config, overrides=[f"model.name={name}"])
+        loaded = pipeline.load_run(result.run_dir)
+        events = pipeline.api.load_interactions(result.config.data.interactions)
+        assert loaded.recommend(events)["user_id"].nunique() == 25
