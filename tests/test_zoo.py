@@ -75,12 +75,17 @@ def test_compare_writes_one_leaderboard(tiny_config):
             {"name": "tfidf_content"},
             {"name": "bert_content"},
             {"name": "gru", "label": "gru_text", "item_representation": "text"},
+            {"name": "logistic_regression"},
+            {"name": "random_forest"},
         ],
         "fusion": ["item_cf", "bert_content"],
     }
     result = pipeline.compare(tiny_config)
     board = result.leaderboard
-    expected = {"popularity", "popularity_recent", "item_cf", "user_cf", "tfidf_content", "bert_content", "gru_text", "fusion(item_cf+bert_content)"}
+    expected = {
+        "popularity", "popularity_recent", "item_cf", "user_cf", "tfidf_content", "bert_content", "gru_text",
+        "logistic_regression", "random_forest", "fusion(item_cf+bert_content)",
+    }
     assert set(board["model"]) == expected
     assert {"test_ndcg@10", "test_hit_rate@10", "test_mrr@10", "test_accuracy", "test_f1", "test_mae", "test_coverage", "train_seconds"} <= set(board.columns)
     assert board["test_ndcg@10"].is_monotonic_decreasing
@@ -104,3 +109,38 @@ def test_saved_baselines_reload(tiny_config):
         loaded = pipeline.load_run(result.run_dir)
         events = pipeline.api.load_interactions(result.config.data.interactions)
         assert loaded.recommend(events)["user_id"].nunique() == 25
+
+
+def test_logistic_regression_learns_the_category_habit(tmp_path):
+    # Users alternate strictly between two kinds of items: the next category is the one not seen last.
+    rows = []
+    for user in range(30):
+        for step in range(8):
+            item = 10 + (step % 2) * 10 + (user + step) % 5  # kind A: 10-14, kind B: 20-24
+            rows.append(f"{user},{item},{step}")
+    items = tmp_path / "items.csv"
+    pd.DataFrame({"id": list(range(10, 15)) + list(range(20, 25)), "title": ["x"] * 10, "cat": ["A"] * 5 + ["B"] * 5}).to_csv(items, index=False)
+    config = config_for(write_log(tmp_path, rows), items)
+    data = prepare(load_data(config.data), config.data)
+    model = build_model(ModelConfig(name="logistic_regression", decay_half_life=1.0), data.n_items, data.category_matrix(), None)
+    model.fit_statistics(data)
+    cases = data.eval_cases("test")
+    predicted = model.predict_category(cases.histories).argmax(dim=1).numpy()
+    truth = [data.item_categories[item][0] for item in cases.next_items]
+    assert (predicted == np.array(truth)).mean() > 0.9
+
+
+def test_cold_items_only_appear_in_test(tiny_config):
+    tiny_config["data"]["cold_item_fraction"] = 0.3
+    config = load_config(tiny_config)
+    data = prepare(load_data(config.data), config.data)
+    cold = set(data.cold_items.tolist())
+    assert cold
+    earlier = data.events[data.events["split"] != "test"]
+    assert not cold & set(earlier["item"])
+    tiny_config["train"]["epochs"] = 1
+    result = pipeline.run(tiny_config)
+    test = result.metrics["splits"]["test"]
+    for model in ("transformer", "popularity"):
+        assert {"cold_ndcg@10", "cold_hit_rate@10", "cold_users"} <= set(test[model])
+    assert test["transformer"]["cold_users"] == sum(np.isin(data.eval_cases("test").next_items, data.cold_items))

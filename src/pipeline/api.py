@@ -87,7 +87,7 @@ def train(model: torch.nn.Module, data: PreparedData, config: Config, progress: 
 def evaluate(model: torch.nn.Module, data: PreparedData, config: Config, split: str) -> tuple[dict, Rankings]:
     return evaluate_model(
         model, data.eval_cases(split), data.item_categories, data.n_items, config.eval.ks, config.eval.exclude_seen,
-        config.eval.user_batch_size, config.output.top_k,
+        config.eval.user_batch_size, config.output.top_k, data.cold_items,
     )
 
 
@@ -285,6 +285,7 @@ def protocol(data: PreparedData, config: Config) -> dict:
         "model_selection": f"valid {selection_metric(config)}",
         "category_metrics": "predicted category of the next interaction; correct if it is any of the item's categories; macro averages",
         "rating_metrics": "rating of the next interaction" if data.has_ratings else "not available (no rating column)",
+        "cold_items": int(len(data.cold_items)),
     }
 
 

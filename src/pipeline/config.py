@@ -85,6 +85,10 @@ class DataConfig(Section):
     # Counted on training events only, so the filter sees no future.
     min_item_interactions: int = Field(1, ge=1)
     split: SplitConfig = SplitConfig()
+    # Cold-start evaluation: this fraction of the interacted items loses every training and validation event, so
+    # they appear only in the test period; metrics then also report cold_* restricted to test events on them.
+    cold_item_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    cold_item_seed: int = 0
 
     @field_validator("rating_range")
     @classmethod
@@ -110,7 +114,7 @@ class EncoderConfig(Section):
 
 MODEL_NAMES = (
     "transformer", "lstm", "gru", "popularity", "popularity_recent", "item_cf", "user_cf", "tfidf_content",
-    "bert_content",
+    "bert_content", "logistic_regression", "random_forest",
 )
 
 

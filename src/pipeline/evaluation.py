@@ -125,11 +125,19 @@ def _target_ranks(scores: torch.Tensor, targets: list[np.ndarray]) -> list[np.nd
 @torch.inference_mode()
 def evaluate_model(
     model, cases: EvalCases, item_categories: list[np.ndarray], n_items: int, ks: list[int], exclude_seen: bool,
-    user_batch_size: int, list_length: int,
+    user_batch_size: int, list_length: int, cold_items: np.ndarray | None = None,
 ) -> tuple[dict[str, float], Rankings]:
-    """Every metric of one model on one split, and the top lists it produced."""
+    """Every metric of one model on one split, and the top lists it produced.
+
+    With `cold_items`, ranking metrics are also reported as `cold_*` over the users whose next item is cold.
+    """
     rankings = rank_users(model, cases.histories, cases.targets, max(max(ks), list_length), exclude_seen, user_batch_size)
     metrics = ranking_metrics(rankings.target_ranks, ks)
+    if cold_items is not None and len(cold_items):
+        is_cold = np.isin(cases.next_items, cold_items)
+        cold_ranks = [ranks[:1] for ranks, cold in zip(rankings.target_ranks, is_cold) if cold]
+        metrics.update({f"cold_{name}": value for name, value in ranking_metrics(cold_ranks, ks).items()})
+        metrics["cold_users"] = len(cold_ranks)
     for k in ks:
         metrics[f"coverage@{k}"] = catalog_coverage(rankings.top_items[:, :k], n_items)
     metrics["coverage"] = catalog_coverage(rankings.top_items[:, :list_length], n_items)

@@ -48,6 +48,7 @@ class PreparedData:
     item_categories: list[np.ndarray]  # category indices per item index
     category_names: list[str]
     split_method: str
+    cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # item indices
     _cases: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -150,7 +151,22 @@ def prepare(raw: RawData, config: DataConfig) -> PreparedData:
         raise PipelineInputError(f"{config.interactions.path}: no interactions left after cleaning and filtering")
 
     events = events.assign(split=_split_labels(events, config))
-    return _index(events, items, config.split.method)
+    cold_ids = np.zeros(0, dtype=object)
+    if config.cold_item_fraction > 0:
+        events, cold_ids = _hold_out_cold_items(events, config.cold_item_fraction, config.cold_item_seed)
+    return _index(events, items, config.split.method, cold_ids)
+
+
+def _hold_out_cold_items(events: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Pick `fraction` of the interacted items and drop their non-test events: they are new in the test period."""
+    interacted = np.sort(events["item"].unique())
+    cold = np.random.default_rng(seed).choice(interacted, size=max(1, round(fraction * len(interacted))), replace=False)
+    drop = events["item"].isin(set(cold)) & (events["split"] != TEST)
+    log.info(
+        "cold-start split: %d items (%.0f%%) keep only their %d test events; dropped their %d earlier events",
+        len(cold), 100 * fraction, int((events["item"].isin(set(cold)) & (events["split"] == TEST)).sum()), int(drop.sum()),
+    )
+    return events[~drop], cold
 
 
 def _split_labels(events: pd.DataFrame, config: DataConfig) -> np.ndarray:
@@ -171,7 +187,7 @@ def _split_labels(events: pd.DataFrame, config: DataConfig) -> np.ndarray:
     return labels
 
 
-def _index(events: pd.DataFrame, items: pd.DataFrame, split_method: str) -> PreparedData:
+def _index(events: pd.DataFrame, items: pd.DataFrame, split_method: str, cold_ids: np.ndarray) -> PreparedData:
     item_ids = items["item"].to_numpy()
     item_index = pd.Series(np.arange(1, len(item_ids) + 1), index=item_ids)
     user_ids = pd.unique(events["user"].to_numpy())
@@ -204,6 +220,7 @@ def _index(events: pd.DataFrame, items: pd.DataFrame, split_method: str) -> Prep
         item_categories=item_categories,
         category_names=category_names,
         split_method=split_method,
+        cold_items=item_index.loc[cold_ids].to_numpy(dtype=np.int64),
     )
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from pipeline.config import ModelConfig
+from pipeline.models.classifiers import CategoryClassifier
 from pipeline.models.content import BertContent, TfidfContent
 from pipeline.models.neighbourhood import ItemCF, UserCF
 from pipeline.models.popularity import PopularityModel, RecentPopularity
@@ -17,7 +18,7 @@ SEQUENCE_MODELS = ("transformer", "lstm", "gru")
 def uses_text_embeddings(config: ModelConfig) -> bool:
     if config.name in SEQUENCE_MODELS:
         return "text" in config.item_representation
-    return config.name == "bert_content"
+    return config.name in ("bert_content", "logistic_regression", "random_forest")
 
 
 def build_model(
@@ -34,10 +35,10 @@ def build_model(
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _construct(config, n_items, category_matrix, item_text_embeddings, n_users)
+        return _construct(config, n_items, category_matrix, item_text_embeddings, n_users, seed)
 
 
-def _construct(config, n_items, category_matrix, item_text_embeddings, n_users) -> torch.nn.Module:
+def _construct(config, n_items, category_matrix, item_text_embeddings, n_users, seed) -> torch.nn.Module:
     n_categories = category_matrix.shape[1]
     baselines = {
         "popularity": lambda: PopularityModel(n_items, n_categories),
@@ -46,6 +47,12 @@ def _construct(config, n_items, category_matrix, item_text_embeddings, n_users) 
         "user_cf": lambda: UserCF(n_items, category_matrix, config.max_length, config.neighbours, n_users),
         "tfidf_content": lambda: TfidfContent(n_items, category_matrix, config.max_length, config.decay_half_life),
         "bert_content": lambda: BertContent(n_items, category_matrix, config.max_length, config.decay_half_life, item_text_embeddings),
+        "logistic_regression": lambda: CategoryClassifier(
+            "logistic_regression", n_items, category_matrix, config.max_length, config.decay_half_life, item_text_embeddings, seed
+        ),
+        "random_forest": lambda: CategoryClassifier(
+            "random_forest", n_items, category_matrix, config.max_length, config.decay_half_life, item_text_embeddings, seed
+        ),
     }
     if config.name in baselines:
         return baselines[config.name]()
@@ -55,6 +62,6 @@ def _construct(config, n_items, category_matrix, item_text_embeddings, n_users) 
 
 
 __all__ = [
-    "build_model", "uses_text_embeddings", "SEQUENCE_MODELS", "BertContent", "ItemCF", "PopularityModel",
+    "build_model", "uses_text_embeddings", "SEQUENCE_MODELS", "BertContent", "CategoryClassifier", "ItemCF", "PopularityModel",
     "RecentPopularity", "SequenceRecommender", "TfidfContent", "UserCF",
 ]
