@@ -77,6 +77,7 @@ def test_compare_writes_one_leaderboard(tiny_config):
             {"name": "gru", "label": "gru_text", "item_representation": "text"},
             {"name": "logistic_regression"},
             {"name": "random_forest"},
+            {"name": "target_attention", "negatives": 5},
         ],
         "fusion": ["item_cf", "bert_content"],
     }
@@ -84,7 +85,7 @@ def test_compare_writes_one_leaderboard(tiny_config):
     board = result.leaderboard
     expected = {
         "popularity", "popularity_recent", "item_cf", "user_cf", "tfidf_content", "bert_content", "gru_text",
-        "logistic_regression", "random_forest", "fusion(item_cf+bert_content)",
+        "logistic_regression", "random_forest", "target_attention", "fusion(item_cf+bert_content)",
     }
     assert set(board["model"]) == expected
     assert {"test_ndcg@10", "test_hit_rate@10", "test_mrr@10", "test_accuracy", "test_f1", "test_mae", "test_coverage", "train_seconds"} <= set(board.columns)

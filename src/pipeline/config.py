@@ -114,7 +114,7 @@ class EncoderConfig(Section):
 
 MODEL_NAMES = (
     "transformer", "lstm", "gru", "popularity", "popularity_recent", "item_cf", "user_cf", "tfidf_content",
-    "bert_content", "logistic_regression", "random_forest",
+    "bert_content", "logistic_regression", "random_forest", "target_attention",
 )
 
 
@@ -134,6 +134,8 @@ class ModelConfig(Section):
     decay_half_life: float = Field(10.0, gt=0)
     # popularity_recent: only training events in the last this many days (before the training end) count.
     recent_days: float = Field(30.0, gt=0)
+    # target_attention: sampled negative items per positive in the binary cross-entropy.
+    negatives: int = Field(20, ge=1)
 
     @model_validator(mode="after")
     def _heads_divide_width(self):

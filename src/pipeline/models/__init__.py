@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from pipeline.config import ModelConfig
+from pipeline.models.attention import TargetAttention
 from pipeline.models.classifiers import CategoryClassifier
 from pipeline.models.content import BertContent, TfidfContent
 from pipeline.models.neighbourhood import ItemCF, UserCF
@@ -13,10 +14,12 @@ from pipeline.models.popularity import PopularityModel, RecentPopularity
 from pipeline.models.sequence import SequenceRecommender
 
 SEQUENCE_MODELS = ("transformer", "lstm", "gru")
+# Models that read items through ItemRepresentation (text, id, or both).
+ITEM_REPRESENTATION_MODELS = (*SEQUENCE_MODELS, "target_attention")
 
 
 def uses_text_embeddings(config: ModelConfig) -> bool:
-    if config.name in SEQUENCE_MODELS:
+    if config.name in ITEM_REPRESENTATION_MODELS:
         return "text" in config.item_representation
     return config.name in ("bert_content", "logistic_regression", "random_forest")
 
@@ -58,10 +61,12 @@ def _construct(config, n_items, category_matrix, item_text_embeddings, n_users, 
         return baselines[config.name]()
     if item_text_embeddings is None:
         item_text_embeddings = np.zeros((n_items + 1, 1), dtype=np.float32)
+    if config.name == "target_attention":
+        return TargetAttention(config, item_text_embeddings, category_matrix)
     return SequenceRecommender(config, item_text_embeddings, category_matrix)
 
 
 __all__ = [
     "build_model", "uses_text_embeddings", "SEQUENCE_MODELS", "BertContent", "CategoryClassifier", "ItemCF", "PopularityModel",
-    "RecentPopularity", "SequenceRecommender", "TfidfContent", "UserCF",
+    "RecentPopularity", "SequenceRecommender", "TargetAttention", "TfidfContent", "UserCF",
 ]

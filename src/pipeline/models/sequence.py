@@ -20,6 +20,37 @@ from pipeline.data.prepare import PreparedData
 from pipeline.models.base import TrainingStatistics, pad_histories
 
 
+class ItemRepresentation(nn.Module):
+    """[n_items + 1, width] item vectors: projected frozen text embedding, learnable id embedding, or their sum."""
+
+    def __init__(self, item_text_embeddings: np.ndarray, width: int, uses: str):
+        super().__init__()
+        n_rows, text_width = item_text_embeddings.shape
+        self.register_buffer("item_text_embeddings", torch.as_tensor(item_text_embeddings, dtype=torch.float32))
+        self.text_projection = nn.Linear(text_width, width) if "text" in uses else None
+        self.id_embedding = nn.Embedding(n_rows, width, padding_idx=0) if "id" in uses else None
+        if self.id_embedding is not None:
+            nn.init.normal_(self.id_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.id_embedding.weight[0].zero_()
+
+    def forward(self) -> torch.Tensor:
+        parts = []
+        if self.text_projection is not None:
+            parts.append(self.text_projection(self.item_text_embeddings))
+        if self.id_embedding is not None:
+            parts.append(self.id_embedding.weight)
+        representation = torch.stack(parts).sum(0)
+        padding = torch.ones_like(representation[:, :1])
+        padding[0] = 0
+        return representation * padding
+
+
+def log_popularity(counts: torch.Tensor) -> torch.Tensor:
+    """Smoothed log share of training interactions: the item-bias start that ranks like popularity from step one."""
+    return torch.log((counts + 1.0) / (counts.sum() + len(counts)))
+
+
 class RecurrentBackbone(nn.Module):
     def __init__(self, cell: str, width: int, layers: int, dropout: float):
         super().__init__()
@@ -60,19 +91,12 @@ class TransformerBackbone(nn.Module):
 class SequenceRecommender(nn.Module):
     def __init__(self, config: ModelConfig, item_text_embeddings: np.ndarray, category_matrix: np.ndarray):
         super().__init__()
-        n_rows, text_width = item_text_embeddings.shape
+        n_rows = item_text_embeddings.shape[0]
         width = config.hidden_size
         self.max_length = config.max_length
         self.statistics = TrainingStatistics(n_rows - 1, category_matrix.shape[1])
-        self.register_buffer("item_text_embeddings", torch.as_tensor(item_text_embeddings, dtype=torch.float32))
         self.register_buffer("item_category_weights", torch.as_tensor(category_matrix, dtype=torch.float32))
-        uses = config.item_representation
-        self.text_projection = nn.Linear(text_width, width) if "text" in uses else None
-        self.id_embedding = nn.Embedding(n_rows, width, padding_idx=0) if "id" in uses else None
-        if self.id_embedding is not None:
-            nn.init.normal_(self.id_embedding.weight, std=0.02)
-            with torch.no_grad():
-                self.id_embedding.weight[0].zero_()
+        self.items = ItemRepresentation(item_text_embeddings, width, config.item_representation)
         self.item_dropout = nn.Dropout(config.dropout)
         if config.name == "transformer":
             self.backbone = TransformerBackbone(width, config.num_layers, config.num_heads, config.dropout, config.max_length)
@@ -87,20 +111,10 @@ class SequenceRecommender(nn.Module):
         # Start the item bias at log-popularity: the first epoch already ranks like the popularity floor, and the
         # sequence signal is learned on top instead of first relearning how popular each item is.
         with torch.no_grad():
-            counts = self.statistics.item_counts
-            self.item_bias.copy_(torch.log((counts + 1.0) / (counts.sum() + len(counts))))
+            self.item_bias.copy_(log_popularity(self.statistics.item_counts))
 
     def item_representations(self) -> torch.Tensor:
-        """[n_items + 1, width]; row 0 (padding) is zero."""
-        parts = []
-        if self.text_projection is not None:
-            parts.append(self.text_projection(self.item_text_embeddings))
-        if self.id_embedding is not None:
-            parts.append(self.id_embedding.weight)
-        representation = torch.stack(parts).sum(0)
-        padding = torch.ones_like(representation[:, :1])
-        padding[0] = 0
-        return representation * padding
+        return self.items()
 
     def states(self, inputs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone state after every position of right-padded item indices [batch, L] -> [batch, L, width]."""
