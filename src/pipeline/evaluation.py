@@ -15,6 +15,7 @@ import torch
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from pipeline.data.prepare import EvalCases
+from pipeline.models.base import history_mask
 
 
 # ---- pure metric functions ---------------------------------------------------------------------------------------
@@ -96,9 +97,7 @@ def rank_users(
         scores = model.score_items(chunk).float().clone()
         scores[:, 0] = float("-inf")
         if exclude_seen:
-            rows = np.repeat(np.arange(len(chunk)), [len(history) for history in chunk])
-            columns = np.concatenate(chunk) if chunk else np.zeros(0, dtype=np.int64)
-            scores[torch.from_numpy(rows), torch.from_numpy(columns.astype(np.int64))] = float("-inf")
+            scores[history_mask(chunk, scores.shape[1], scores.device)] = float("-inf")
         if targets is not None:
             ranks.extend(_target_ranks(scores, targets[start : start + user_batch_size]))
         # Stable sort on the negated scores: ties keep item-index order, matching the rank definition above.

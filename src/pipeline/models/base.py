@@ -31,6 +31,15 @@ def pad_histories(histories: list[np.ndarray], max_length: int, device: torch.de
     return torch.from_numpy(padded).to(device), torch.from_numpy(lengths).to(device)
 
 
+def history_mask(histories: list[np.ndarray], n_columns: int, device: torch.device) -> torch.Tensor:
+    """[users, n_columns] bool, True at every item of each user's history."""
+    rows = np.repeat(np.arange(len(histories)), [len(history) for history in histories])
+    columns = np.concatenate(histories).astype(np.int64) if histories else np.zeros(0, dtype=np.int64)
+    mask = torch.zeros(len(histories), n_columns, dtype=torch.bool, device=device)
+    mask[torch.from_numpy(rows).to(device), torch.from_numpy(columns).to(device)] = True
+    return mask
+
+
 class TrainingStatistics(torch.nn.Module):
     """Counts every model starts from: item popularity, category prior and damped item rating means."""
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.data.prepare import PreparedData
-from pipeline.models.base import TrainingStatistics, pad_histories
+from pipeline.models.base import TrainingStatistics, history_mask, pad_histories
 
 
 class ItemRepresentation(nn.Module):
@@ -103,6 +103,9 @@ class SequenceRecommender(nn.Module):
         else:
             self.backbone = RecurrentBackbone(config.name, width, config.num_layers, config.dropout)
         self.item_bias = nn.Parameter(torch.zeros(n_rows))
+        # Learned score offset for items already in the user's history: how likely people are to come back to an
+        # item (strongly negative on MovieLens, where nobody rates a movie twice; positive for repeat purchases).
+        self.repeat_bias = nn.Parameter(torch.zeros(()))
         self.category_head = nn.Linear(width, category_matrix.shape[1])
         self.rating_head = nn.Sequential(nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
 
@@ -126,7 +129,7 @@ class SequenceRecommender(nn.Module):
         mask = targets > 0
         states = self.states(inputs, items)[mask]
         next_items = targets[mask]
-        logits = states @ items.T + self.item_bias
+        logits = states @ items.T + self.item_bias + self.repeat_bias * self._seen_in_window(inputs)[mask.reshape(-1)]
         logits[:, 0] = float("-inf")
         item_loss = nn.functional.cross_entropy(logits, next_items)
         category_loss = nn.functional.cross_entropy(self.category_head(states), self.item_category_weights[next_items])
@@ -135,6 +138,16 @@ class SequenceRecommender(nn.Module):
             predicted = self._rating(states, items[next_items], next_items)
             parts["rating"] = nn.functional.mse_loss(predicted, target_ratings[mask])
         return parts
+
+    def _seen_in_window(self, inputs: torch.Tensor) -> torch.Tensor:
+        """[batch * L, n_items + 1] bool: the items at or before each position of its window."""
+        batch, length = inputs.shape
+        later, earlier = torch.tril_indices(length, length, device=inputs.device)
+        positions = (torch.arange(batch, device=inputs.device)[:, None] * length + later[None, :]).reshape(-1)
+        seen = torch.zeros(batch * length, len(self.item_bias), dtype=torch.bool, device=inputs.device)
+        seen[positions, inputs[:, earlier].reshape(-1)] = True
+        seen[:, 0] = False
+        return seen
 
     def _rating(self, states: torch.Tensor, item_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         offset = self.rating_head(torch.cat([states, item_vectors], dim=-1)).squeeze(-1)
@@ -147,7 +160,8 @@ class SequenceRecommender(nn.Module):
         return states[torch.arange(len(histories), device=device), (lengths - 1).clamp(min=0)]
 
     def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
-        return self.user_states(histories) @ self.item_representations().T + self.item_bias
+        scores = self.user_states(histories) @ self.item_representations().T + self.item_bias
+        return scores + self.repeat_bias * history_mask(histories, scores.shape[1], scores.device)
 
     def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
         return self.category_head(self.user_states(histories))
