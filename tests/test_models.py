@@ -99,3 +99,19 @@ def test_new_user_is_scored_from_history_alone():
             long_history = model.score_items([np.array([1, 2, 3, 4, 5, 1])])
             recent_only = model.score_items([np.array([3, 4, 5, 1])])
         torch.testing.assert_close(long_history, recent_only)
+
+
+def test_training_windows_cover_every_target_once(tmp_path):
+    from pipeline.training import training_windows
+    from tests.test_data import config_for, write_items, write_log
+
+    # One user with items 11..19 in order: the last two are valid/test, so training holds 11..17 (7 events).
+    rows = [f"1,{item},{t}" for t, item in enumerate(range(11, 20))]
+    config = config_for(write_log(tmp_path, rows), write_items(tmp_path, list(range(11, 20))))
+    data = prepare(load_data(config.data), config.data)
+    ids = lambda row: [int(data.item_ids[i]) if i else 0 for i in row]  # noqa: E731
+    strided = training_windows(data, max_length=4, stride=2)
+    assert [ids(row) for row in strided.inputs] == [[13, 14, 15, 16], [11, 12, 13, 14], [11, 12, 0, 0]]
+    assert [ids(row) for row in strided.targets] == [[0, 0, 16, 17], [0, 0, 14, 15], [12, 13, 0, 0]]
+    plain = training_windows(data, max_length=4)
+    assert [ids(row) for row in plain.targets] == [[14, 15, 16, 17], [12, 13, 0, 0]]

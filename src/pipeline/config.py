@@ -151,6 +151,9 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     # Epochs without a better validation NDCG@eval.select_k before stopping.
     patience: int = Field(5, ge=1)
+    # Training windows end every this many events (None: model.max_length, no overlap). Smaller strides give each
+    # target a longer context, as at evaluation time, for more sequence-model compute per epoch.
+    window_stride: int | None = Field(None, ge=1)
     category_loss_weight: float = Field(0.5, ge=0)
     rating_loss_weight: float = Field(0.5, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

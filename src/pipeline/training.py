@@ -41,11 +41,15 @@ class TrainingWindows:
         return len(self.inputs)
 
 
-def training_windows(data: PreparedData, max_length: int) -> TrainingWindows:
-    """Cut each user's training sequence into windows of up to `max_length` predictions, newest first.
+def training_windows(data: PreparedData, max_length: int, stride: int | None = None) -> TrainingWindows:
+    """Cut each user's training sequence into windows of up to `max_length` inputs, newest first.
 
-    Consecutive windows overlap by one item, so every training event except a user's first is a target exactly once.
+    Windows end every `stride` events (default `max_length`); a window predicts only its newest `stride` targets, the
+    earlier positions are context. So every training event except a user's first is a target exactly once, and with a
+    stride below `max_length` each target sees at least `max_length - stride` earlier items, close to what the model
+    sees at evaluation time.
     """
+    stride = min(stride or max_length, max_length)
     sequences = data.sequences((TRAIN,))
     ratings = data.rating_sequences((TRAIN,)) if data.has_ratings else {}
     inputs, targets, target_ratings = [], [], []
@@ -53,11 +57,14 @@ def training_windows(data: PreparedData, max_length: int) -> TrainingWindows:
         end = len(sequence)
         while end > 1:
             start = max(0, end - max_length - 1)
+            window_targets = sequence[start + 1 : end].copy()
+            # Targets older than this window's stride belong to the next (older) window.
+            window_targets[: max(0, (end - stride) - (start + 1))] = 0
             inputs.append(sequence[start : end - 1])
-            targets.append(sequence[start + 1 : end])
+            targets.append(window_targets)
             if ratings:
                 target_ratings.append(ratings[user][start + 1 : end])
-            end = start + 1
+            end -= stride
     return TrainingWindows(
         inputs=_pad(inputs, max_length, np.int64),
         targets=_pad(targets, max_length, np.int64),
@@ -94,7 +101,7 @@ def fit(
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
     model.to(device)
-    windows = training_windows(data, model.max_length)
+    windows = training_windows(data, model.max_length, config.window_stride)
     if len(windows) == 0:
         raise ValueError("no training sequences with at least two events")
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -154,7 +161,7 @@ def _batches(windows: TrainingWindows, batch_size: int, rng: np.random.Generator
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         # Trim the batch to its longest window: most users are short, so most batches are much narrower than L.
-        width = int((windows.targets[rows] > 0).sum(axis=1).max())
+        width = int((windows.inputs[rows] > 0).sum(axis=1).max())
         inputs = torch.from_numpy(windows.inputs[rows, :width]).to(device)
         targets = torch.from_numpy(windows.targets[rows, :width]).to(device)
         ratings = None

@@ -129,7 +129,7 @@ class SequenceRecommender(nn.Module):
         mask = targets > 0
         states = self.states(inputs, items)[mask]
         next_items = targets[mask]
-        logits = states @ items.T + self.item_bias + self.repeat_bias * self._seen_in_window(inputs)[mask.reshape(-1)]
+        logits = self._add_repeat_bias(states @ items.T + self.item_bias, inputs, mask)
         logits[:, 0] = float("-inf")
         item_loss = nn.functional.cross_entropy(logits, next_items)
         category_loss = nn.functional.cross_entropy(self.category_head(states), self.item_category_weights[next_items])
@@ -139,15 +139,19 @@ class SequenceRecommender(nn.Module):
             parts["rating"] = nn.functional.mse_loss(predicted, target_ratings[mask])
         return parts
 
-    def _seen_in_window(self, inputs: torch.Tensor) -> torch.Tensor:
-        """[batch * L, n_items + 1] bool: the items at or before each position of its window."""
+    def _add_repeat_bias(self, logits: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Add the repeat bias at (position, item) for every item at or before that position in its window."""
         batch, length = inputs.shape
         later, earlier = torch.tril_indices(length, length, device=inputs.device)
-        positions = (torch.arange(batch, device=inputs.device)[:, None] * length + later[None, :]).reshape(-1)
-        seen = torch.zeros(batch * length, len(self.item_bias), dtype=torch.bool, device=inputs.device)
-        seen[positions, inputs[:, earlier].reshape(-1)] = True
-        seen[:, 0] = False
-        return seen
+        # Row of each masked position among the logits' rows (-1 for positions without a target).
+        rows = torch.full((batch * length,), -1, dtype=torch.long, device=inputs.device)
+        rows[mask.reshape(-1)] = torch.arange(int(mask.sum()), device=inputs.device)
+        pair_rows = rows[(torch.arange(batch, device=inputs.device)[:, None] * length + later[None, :]).reshape(-1)]
+        pair_items = inputs[:, earlier].reshape(-1)
+        keep = (pair_rows >= 0) & (pair_items > 0)
+        # An item seen twice in a window still gets the bias once.
+        flat = torch.unique(pair_rows[keep] * logits.shape[1] + pair_items[keep])
+        return logits.flatten().index_add(0, flat, self.repeat_bias.expand(len(flat))).view_as(logits)
 
     def _rating(self, states: torch.Tensor, item_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         offset = self.rating_head(torch.cat([states, item_vectors], dim=-1)).squeeze(-1)
