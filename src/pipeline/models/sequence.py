@@ -151,7 +151,8 @@ class SequenceRecommender(nn.Module):
         keep = (pair_rows >= 0) & (pair_items > 0)
         # An item seen twice in a window still gets the bias once.
         flat = torch.unique(pair_rows[keep] * logits.shape[1] + pair_items[keep])
-        return logits.flatten().index_add(0, flat, self.repeat_bias.expand(len(flat))).view_as(logits)
+        bias = self.repeat_bias.to(logits.dtype).expand(len(flat))  # logits are bf16 under CUDA autocast
+        return logits.flatten().index_add(0, flat, bias).view_as(logits)
 
     def _rating(self, states: torch.Tensor, item_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         offset = self.rating_head(torch.cat([states, item_vectors], dim=-1)).squeeze(-1)
