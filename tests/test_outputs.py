@@ -18,8 +18,18 @@ def test_failed_run_leaves_no_directory_and_keeps_latest(tiny_config, monkeypatc
     monkeypatch.setattr(api, "save_model", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         pipeline.run(tiny_config)
-    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == sorted([first.run_dir.name, "latest"])
+    names = sorted(path.name for path in (tmp_path / "runs").iterdir())
+    visible = [name for name in names if not name.startswith(".")]
+    assert visible == sorted([first.run_dir.name, "latest"])
     assert latest.resolve() == first.run_dir
+    # Training had finished, so the hidden partial folder keeps its checkpoint and the run can be completed.
+    (partial,) = [name for name in names if name.startswith(".")]
+    monkeypatch.undo()
+    resumed = pipeline.run(tiny_config, resume="auto")
+    assert resumed.run_dir.name == partial[1:].split(".partial-")[0]
+    assert latest.resolve() == resumed.run_dir
+    assert not (resumed.run_dir / "checkpoint.pt").exists()
+    assert resumed.history == [] or resumed.history[-1]["epoch"] == 1
 
 
 def test_library_run_and_reload(tiny_config):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, VALID, PreparedData, RawData, load_data, prepare
@@ -31,10 +32,10 @@ from pipeline.evaluation import Rankings, evaluate_model, rank_users, ranking_me
 from pipeline.models import build_model, uses_text_embeddings
 from pipeline.models.fusion import ScoreFusion
 from pipeline.outputs import (
-    RunDirectory, elapsed, environment_manifest, file_fingerprint, load_model_state, resolve_run, save_model, utc_now,
+    CHECKPOINT, RunDirectory, find_resumable, elapsed, environment_manifest, file_fingerprint, load_model_state, resolve_run, save_model, utc_now,
     write_table,
 )
-from pipeline.training import fit
+from pipeline.training import StopRequest, fit
 
 log = logging.getLogger("pipeline")
 
@@ -80,8 +81,20 @@ def validation_ranking(data: PreparedData, config: Config):
     return validate
 
 
-def train(model: torch.nn.Module, data: PreparedData, config: Config, progress: bool | None = None) -> list[dict]:
-    return fit(model, data, config.train, validation_ranking(data, config), selection_metric(config), config.seed, progress)
+def train(
+    model: torch.nn.Module,
+    data: PreparedData,
+    config: Config,
+    progress: bool | None = None,
+    checkpoint: Path | None = None,
+    stop: StopRequest | None = None,
+) -> list[dict]:
+    """Fit the model's statistics, then its parameters (see `training.fit` for checkpoint and stop)."""
+    model.fit_statistics(data)
+    return fit(
+        model, data, config.train, validation_ranking(data, config), selection_metric(config), config.seed, progress,
+        checkpoint, stop,
+    )
 
 
 def evaluate(model: torch.nn.Module, data: PreparedData, config: Config, split: str) -> tuple[dict, Rankings]:
@@ -110,11 +123,18 @@ def recommendation_frame(user_ids: np.ndarray, item_ids: np.ndarray, rankings: R
 class _Stages:
     """Shared bookkeeping of `run` and `compare`: stage timings and the run directory's publish-or-abort."""
 
-    def __init__(self, config: Config, name: str):
+    def __init__(self, config: Config, name: str, resume: str | Path | None = None):
         self.config = config
         self.timings: dict[str, float] = {}
         self.started_at, self._started = utc_now(), time.perf_counter()
-        self.output = RunDirectory(config.output.root, name)
+        if resume is None:
+            self.output = RunDirectory(config.output.root, name)
+            self.output.write_text("config.resolved.yaml", config.to_yaml())
+        else:
+            stopped = find_resumable(config.output.root, name, resume)
+            _check_same_config(stopped / "config.resolved.yaml", config)
+            self.output = RunDirectory(config.output.root, name, stopped)
+            log.info("resuming %s", stopped)
 
     @contextmanager
     def stage(self, name: str):
@@ -139,10 +159,14 @@ class _Stages:
         with self.stage("load_prepare"):
             raw = load_data(self.config.data)
             data = prepare(raw, self.config.data)
+        inputs = [file_fingerprint(path) for path in raw.source_files]
+        if self.output.resumed:
+            _check_same_inputs(self.output.file("inputs.json"), inputs)
+        else:
+            self.output.write_json("inputs.json", inputs)
         return raw, data
 
     def finish(self, raw: RawData, data: PreparedData, encoding: EncodingStats | None) -> Path:
-        self.output.write_text("config.resolved.yaml", self.config.to_yaml())
         self.timings["total"] = elapsed(self._started)
         self.output.write_json("manifest.json", manifest(self.config, raw.source_files, data, encoding, self.timings, self.started_at))
         run_dir = self.output.commit()
@@ -150,17 +174,28 @@ class _Stages:
         return run_dir
 
 
-def run(config_or_path: str | Path | dict | Config, overrides: list[str] | None = None, progress: bool | None = None) -> RunResult:
-    """Load, prepare, encode, train, evaluate and write one run directory; return its metrics and lists."""
+def run(
+    config_or_path: str | Path | dict | Config,
+    overrides: list[str] | None = None,
+    progress: bool | None = None,
+    resume: str | Path | None = None,
+    stop: StopRequest | None = None,
+) -> RunResult:
+    """Load, prepare, encode, train, evaluate and write one run directory; return its metrics and lists.
+
+    Every finished epoch is checkpointed in the partial run folder; `resume` (that folder, or "auto" for the newest
+    stopped run of this config's name) continues a stopped or killed run. Requesting `stop` ends training at the next
+    batch boundary (`TrainingStopped`), keeping the folder for resuming.
+    """
     config = load_config(config_or_path, overrides)
-    stages = _Stages(config, config.name)
+    stages = _Stages(config, config.name, resume)
     with stages.publishing() as output:
         raw, data = stages.load()
         with stages.stage("encode"):
             item_embeddings, encoding_stats = encode(data, config, progress=bool(progress))
         with stages.stage("train"):
             model = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
-            history = train(model, data, config, progress)
+            history = train(model, data, config, progress, output.file(CHECKPOINT), stop)
         with stages.stage("evaluate"):
             models = {config.model.name: model}
             if config.model.name != BASELINE:
@@ -233,6 +268,30 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
         output.write_text("leaderboard.md", leaderboard_markdown(leaderboard, metrics["protocol"]))
         run_dir = stages.finish(raw, data, encoding_stats)
     return CompareResult(run_dir, config, metrics, leaderboard)
+
+
+def _check_same_config(path: Path, config: Config) -> None:
+    stopped = yaml.safe_load(path.read_text(encoding="utf-8"))
+    differences = _differing_keys(stopped, yaml.safe_load(config.to_yaml()))
+    if differences:
+        raise PipelineInputError(
+            f"--resume: the config differs from the stopped run's ({path}) at {', '.join(differences[:5])}; "
+            "a resumed run must use the same config"
+        )
+
+
+def _differing_keys(left, right, prefix: str = "") -> list[str]:
+    if isinstance(left, dict) and isinstance(right, dict):
+        keys = sorted(set(left) | set(right))
+        return [key_path for key in keys for key_path in _differing_keys(left.get(key), right.get(key), f"{prefix}{key}.")]
+    return [] if left == right else [prefix.rstrip(".")]
+
+
+def _check_same_inputs(path: Path, inputs: list[dict]) -> None:
+    stopped = {entry["path"]: entry["sha256"] for entry in json.loads(path.read_text(encoding="utf-8"))}
+    for entry in inputs:
+        if stopped.get(entry["path"]) != entry["sha256"]:
+            raise PipelineInputError(f"--resume: {entry['path']} changed since the stopped run started; start a new run")
 
 
 def _leaderboard_row(label: str, model, data: PreparedData, config: Config, metrics: dict, train_seconds: float) -> dict:

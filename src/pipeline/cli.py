@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from pipeline.errors import PipelineInputError
@@ -31,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", parents=[common, overrides], help="train, evaluate and write a run directory")
     run.add_argument("config", type=Path, help="YAML config file")
     run.add_argument("--progress", action="store_true", help="progress bars even when stderr is not a terminal")
+    run.add_argument(
+        "--resume", metavar="PARTIAL_DIR|auto",
+        help="continue a stopped or killed run from its last epoch checkpoint (its .partial folder, or auto: the newest)",
+    )
 
     compare = commands.add_parser(
         "compare", parents=[common, overrides], help="train every model of compare.models on one split; write a leaderboard"
@@ -52,14 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.training import StopRequest, TrainingStopped
+
     args = build_parser().parse_args(argv)
     _configure_logging(args.debug, args.quiet)
     _keep_freed_memory()
+    args.stop = StopRequest()
+    previous_handlers = _stop_on_signals(args.stop)
     try:
         return COMMANDS[args.command](args)
     except PipelineInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingStopped as stopped:
+        print(
+            f"stopped by {args.stop.reason} after {stopped.finished_epochs} finished epoch(s), which are checkpointed; "
+            f"nothing was published. Continue with: python -m pipeline run {args.config} --resume auto",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted: nothing was published", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -68,12 +85,33 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+
+
+def _stop_on_signals(stop) -> dict:
+    """SIGINT/SIGTERM during training: finish the current batch and stop (the epoch checkpoint stays for --resume).
+
+    Outside training, or on a second signal, stop at once via KeyboardInterrupt: nothing is published either way.
+    """
+
+    def handle(signum, frame):
+        if stop.training and stop.reason is None:
+            stop.request(signal.Signals(signum).name)
+            logging.getLogger("pipeline").warning("%s: stopping after the current batch", stop.reason)
+            return
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _run(args) -> int:
     from pipeline.api import run
 
-    result = run(args.config, args.overrides, progress=args.progress or None)
+    result = run(args.config, args.overrides, progress=args.progress or None, resume=args.resume, stop=args.stop)
     test = result.metrics["splits"]["test"]
     k = result.config.eval.select_k
     for name, values in test.items():

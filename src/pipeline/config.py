@@ -7,6 +7,8 @@ working directory reads the same files.
 
 from __future__ import annotations
 
+import copy
+
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -258,7 +260,7 @@ def load_config(
     if isinstance(source, Config):
         raw, base_dir, origin = source.to_dict(), Path.cwd(), "config"
     elif isinstance(source, dict):
-        raw, base_dir, origin = source, Path.cwd(), "config"
+        raw, base_dir, origin = copy.deepcopy(source), Path.cwd(), "config"  # overrides must not edit the caller's dict
     else:
         path = Path(source).expanduser().resolve()
         raw, base_dir, origin = _read_yaml(path), path.parent, str(path)

@@ -1,13 +1,15 @@
 """The run directory: written under a hidden temporary name, renamed when complete, then `latest` is moved.
 
-A run that fails or is killed leaves at most a `.partial` folder (removed by the next run once its owner process is
-gone); no directory ever appears under a final name half-written, and `latest` only ever points at finished runs.
+A run that fails or is killed leaves at most a `.partial` folder; no directory ever appears under a final name
+half-written, and `latest` only ever points at finished runs. A partial folder holding an epoch checkpoint can be
+resumed (`RunDirectory.resume`); one without is removed by the next run once its owner process is gone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -24,22 +26,32 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.errors import PipelineInputError
 
+log = logging.getLogger("pipeline")
+
 LATEST = "latest"
 PARTIAL_MARK = ".partial-"
+CHECKPOINT = "checkpoint.pt"
 
 
 class RunDirectory:
     """Collects a run's files in a temporary folder; `commit()` publishes it atomically."""
 
-    def __init__(self, root: str | Path, name: str):
+    def __init__(self, root: str | Path, name: str, partial: Path | None = None):
         self.root = Path(root)
+        self.resumed = partial is not None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             _remove_abandoned_partials(self.root)
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-            self.final_path = self.root / f"{name}-{stamp}"
-            self.path = self.root / f".{name}-{stamp}{PARTIAL_MARK}{os.getpid()}"
-            self.path.mkdir()
+            if partial is None:
+                final_name = f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}"
+            else:
+                final_name = partial.name[1:].rsplit(PARTIAL_MARK, 1)[0]
+            self.final_path = self.root / final_name
+            self.path = self.root / f".{final_name}{PARTIAL_MARK}{os.getpid()}"
+            if partial is None:
+                self.path.mkdir()
+            else:
+                os.rename(partial, self.path)  # the folder now belongs to this process
         except OSError as err:
             raise PipelineInputError(f"output.root: cannot write to {self.root}: {err.strerror}") from None
 
@@ -58,13 +70,35 @@ class RunDirectory:
         return self.write_text(name, "".join(json.dumps(row, default=_json_default) + "\n" for row in rows))
 
     def commit(self) -> Path:
+        # The epoch checkpoint (optimizer state included) only serves resuming; the finished run has its weights.
+        self.file(CHECKPOINT).unlink(missing_ok=True)
         _fsync_tree(self.path)
         os.rename(self.path, self.final_path)
         point_latest(self.root, self.final_path)
         return self.final_path
 
     def abort(self) -> None:
+        """Remove the partial folder, unless it holds an epoch checkpoint to resume from."""
+        if self.file(CHECKPOINT).is_file():
+            log.warning("kept %s: resume it with --resume %s", self.path, self.path)
+            return
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def find_resumable(root: str | Path, name: str, partial: str | Path) -> Path:
+    """The partial folder of a stopped or killed run of `name`; `partial` may be "auto": the newest one."""
+    root = Path(root)
+    if str(partial) == "auto":
+        candidates = sorted(resumable_partials(root, name), key=lambda folder: folder.name)
+        if not candidates:
+            raise PipelineInputError(f"--resume auto: no stopped run of {name!r} with a checkpoint under {root}")
+        return candidates[-1]
+    folder = Path(partial).expanduser().resolve()
+    if folder not in resumable_partials(root, name):
+        if folder.is_dir() and _partial_owner(folder) is not None and _process_alive(_partial_owner(folder)):
+            raise PipelineInputError(f"--resume: {folder} belongs to a run that is still running (pid {_partial_owner(folder)})")
+        raise PipelineInputError(f"--resume: {folder} is not a stopped run of {name!r} with a checkpoint under {root.resolve()}")
+    return folder
 
 
 def point_latest(root: Path, target: Path) -> None:
@@ -160,10 +194,27 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(handle.fileno())
 
 
+def resumable_partials(root: Path, name: str) -> list[Path]:
+    """Partial folders of `name` whose run has ended (its process is gone, or it is this one) and which hold a checkpoint."""
+    folders = []
+    for folder in root.resolve().glob(f".{name}-*{PARTIAL_MARK}*"):
+        owner = _partial_owner(folder)
+        ended = owner is not None and (owner == os.getpid() or not _process_alive(owner))
+        if ended and (folder / CHECKPOINT).is_file():
+            folders.append(folder)
+    return folders
+
+
+def _partial_owner(folder: Path) -> int | None:
+    owner = folder.name.rsplit(PARTIAL_MARK, 1)[-1]
+    return int(owner) if owner.isdigit() else None
+
+
 def _remove_abandoned_partials(root: Path) -> None:
+    """Partial folders of dead processes, except those that can still be resumed."""
     for folder in root.glob(f".*{PARTIAL_MARK}*"):
-        owner = folder.name.rsplit(PARTIAL_MARK, 1)[-1]
-        if owner.isdigit() and not _process_alive(int(owner)):
+        owner = _partial_owner(folder)
+        if owner is not None and not _process_alive(owner) and not (folder / CHECKPOINT).is_file():
             shutil.rmtree(folder, ignore_errors=True)
 
 

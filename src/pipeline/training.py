@@ -1,17 +1,21 @@
-"""The training loop, top to bottom: statistics, windows, AdamW epochs, validation, early stopping, best weights.
+"""The training loop, top to bottom: windows, AdamW epochs, validation, early stopping, epoch checkpoints, best weights.
 
-The same loop trains every model with parameters; a model without any (popularity) is fitted by its statistics alone.
+The same loop trains every model with parameters; a model without any (popularity) is fitted by its statistics alone,
+which the caller fits before the loop (so a warm start can replace weights in between).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
 import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -79,6 +83,25 @@ def _pad(rows: list[np.ndarray], width: int, dtype) -> np.ndarray:
     return padded
 
 
+class StopRequest:
+    """A stop asked for from outside (a signal handler): honoured at the next batch boundary while training runs."""
+
+    def __init__(self):
+        self.reason: str | None = None
+        self.training = False  # whether a request now would be honoured (else the asker stops some other way)
+
+    def request(self, reason: str) -> None:
+        self.reason = reason
+
+
+class TrainingStopped(Exception):
+    """Raised at a batch boundary after a stop was requested; the last finished epoch is in the checkpoint."""
+
+    def __init__(self, finished_epochs: int):
+        super().__init__(f"training stopped after {finished_epochs} finished epoch(s)")
+        self.finished_epochs = finished_epochs
+
+
 def fit(
     model: torch.nn.Module,
     data: PreparedData,
@@ -87,13 +110,17 @@ def fit(
     selection_metric: str,
     seed: int,
     progress: bool | None = None,
+    checkpoint: Path | None = None,
+    stop: StopRequest | None = None,
 ) -> list[dict]:
-    """Fit `model` on the training split; return the per-epoch history (empty for models without parameters).
+    """Fit `model` (statistics already fitted) on the training split; return the per-epoch history.
 
     Early stopping watches `selection_metric` of `validate(model)`; the best epoch's weights are restored at the end.
+    With `checkpoint`, every finished epoch is saved there atomically and a checkpoint found at the start is resumed:
+    weights, optimizer, random states and early-stopping state, so the result equals an uninterrupted run. When
+    `stop` is requested, training ends at the next batch boundary with `TrainingStopped`.
     """
     seed_everything(seed)
-    model.fit_statistics(data)
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         return []
@@ -110,50 +137,114 @@ def fit(
     order_rng = np.random.default_rng(seed)
     show = sys.stderr.isatty() if progress is None else progress
 
-    history: list[dict] = []
-    best_score, best_state, epochs_without_gain = float("-inf"), None, 0
-    for epoch in range(1, config.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        totals = {name: 0.0 for name in loss_weights}
-        batches = _batches(windows, config.batch_size, order_rng, device)
-        for inputs, targets, target_ratings in _progress(batches, show, f"epoch {epoch}"):
-            with autocast:
-                parts = model.training_loss(inputs, targets, target_ratings)
-            loss = sum(loss_weights[name] * value for name, value in parts.items())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, max_norm=5.0)
-            optimizer.step()
-            for name, value in parts.items():
-                totals[name] += float(value.detach()) * len(inputs) / len(windows)
-        train_seconds = time.perf_counter() - started
-
-        model.eval()
-        valid_metrics = validate(model)
-        score = valid_metrics[selection_metric]
-        record = {
-            "epoch": epoch,
-            **{f"loss_{name}": round(value, 6) for name, value in totals.items() if name in parts},
-            **{f"valid_{name}": value for name, value in valid_metrics.items()},
-            "train_seconds": round(train_seconds, 3),
-            "epoch_seconds": round(time.perf_counter() - started, 3),
-        }
-        history.append(record)
-        log.info(
-            "epoch %d: item loss %.4f, valid %s %.4f (%.1fs)",
-            epoch, totals["item"], selection_metric, score, record["epoch_seconds"],
-        )
-        if score > best_score:
-            best_score, best_state, epochs_without_gain = score, copy.deepcopy(model.state_dict()), 0
-        else:
-            epochs_without_gain += 1
-            if epochs_without_gain >= config.patience:
-                log.info("early stop after epoch %d: best valid %s %.4f", epoch, selection_metric, best_score)
+    state = LoopState()
+    if checkpoint is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint, model, optimizer, order_rng)
+        log.info("resumed from %s after epoch %d", checkpoint, state.epoch)
+    if stop is not None:
+        stop.training = True
+    try:
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            if state.epochs_without_gain >= config.patience:
                 break
-    model.load_state_dict(best_state)
+            started = time.perf_counter()
+            model.train()
+            totals = {name: 0.0 for name in loss_weights}
+            batches = _batches(windows, config.batch_size, order_rng, device)
+            for inputs, targets, target_ratings in _progress(batches, show, f"epoch {epoch}"):
+                if stop is not None and stop.reason:
+                    raise TrainingStopped(epoch - 1)
+                with autocast:
+                    parts = model.training_loss(inputs, targets, target_ratings)
+                loss = sum(loss_weights[name] * value for name, value in parts.items())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, max_norm=5.0)
+                optimizer.step()
+                for name, value in parts.items():
+                    totals[name] += float(value.detach()) * len(inputs) / len(windows)
+            train_seconds = time.perf_counter() - started
+
+            model.eval()
+            valid_metrics = validate(model)
+            score = valid_metrics[selection_metric]
+            record = {
+                "epoch": epoch,
+                **{f"loss_{name}": round(value, 6) for name, value in totals.items() if name in parts},
+                **{f"valid_{name}": value for name, value in valid_metrics.items()},
+                "train_seconds": round(train_seconds, 3),
+                "epoch_seconds": round(time.perf_counter() - started, 3),
+            }
+            state.history.append(record)
+            state.epoch = epoch
+            log.info(
+                "epoch %d: item loss %.4f, valid %s %.4f (%.1fs)",
+                epoch, totals["item"], selection_metric, score, record["epoch_seconds"],
+            )
+            if score > state.best_score:
+                state.best_score, state.best_state, state.epochs_without_gain = score, copy.deepcopy(model.state_dict()), 0
+            else:
+                state.epochs_without_gain += 1
+                if state.epochs_without_gain >= config.patience:
+                    log.info("early stop after epoch %d: best valid %s %.4f", epoch, selection_metric, state.best_score)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, state, model, optimizer, order_rng)
+    finally:
+        if stop is not None:
+            stop.training = False
+    model.load_state_dict(state.best_state)
     model.eval()
-    return history
+    return state.history
+
+
+@dataclass
+class LoopState:
+    """What the loop carries from one epoch to the next, besides weights, optimizer and random streams."""
+
+    epoch: int = 0
+    best_score: float = float("-inf")
+    best_state: dict | None = None
+    epochs_without_gain: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def save_checkpoint(path: Path, state: LoopState, model: torch.nn.Module, optimizer, order_rng: np.random.Generator) -> None:
+    """Everything needed to continue exactly where this epoch ended, written to a temporary file, fsynced, renamed."""
+    payload = {
+        "epoch": state.epoch,
+        "best_score": state.best_score,
+        "best_state": state.best_state,
+        "epochs_without_gain": state.epochs_without_gain,
+        "history": json.dumps(state.history),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "order_rng": json.dumps(order_rng.bit_generator.state),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, order_rng: np.random.Generator) -> LoopState:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    order_rng.bit_generator.state = json.loads(payload["order_rng"])
+    torch.set_rng_state(payload["torch_rng"])
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    return LoopState(
+        epoch=payload["epoch"],
+        best_score=payload["best_score"],
+        best_state=payload["best_state"],
+        epochs_without_gain=payload["epochs_without_gain"],
+        history=json.loads(payload["history"]),
+    )
 
 
 def _batches(windows: TrainingWindows, batch_size: int, rng: np.random.Generator, device: torch.device):

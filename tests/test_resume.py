@@ -1,0 +1,110 @@
+"""A run killed (SIGKILL) or stopped (SIGTERM) mid-training resumes from its epoch checkpoint to the same result."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import pipeline
+from tests.conftest import REPO, tiny_config_dict, write_yaml
+
+EPOCHS = 5
+
+
+@pytest.fixture(scope="module")
+def resumable(tiny_data, embedding_cache, tmp_path_factory):
+    """A config long enough to interrupt, and the test metrics of the same config run without interruption."""
+    root = tmp_path_factory.mktemp("resume")
+    config = tiny_config_dict(
+        tiny_data, root / "runs", embedding_cache,
+        train={"epochs": EPOCHS, "patience": EPOCHS, "batch_size": 8, "learning_rate": 0.01},
+        eval={"ks": [10, 50], "select_k": 50},
+    )
+    uninterrupted = pipeline.run(config, overrides=[f"output.root={root / 'reference'}"])
+    assert uninterrupted.metrics["splits"]["test"]["transformer"]["ndcg@50"] > 0  # something to compare
+    return root, write_yaml(root / "tiny.yaml", config), uninterrupted
+
+
+def start_run(config_path, *extra):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(config_path), *extra],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_checkpoint(runs, process, timeout=300):
+    """Return once the first epoch checkpoint of the run in `runs` exists (training is then in epoch 2 or later)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if list(runs.glob(".tiny-*.partial-*/checkpoint.pt")):
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+def finished_runs(runs):
+    return [path for path in runs.iterdir() if not path.name.startswith(".")] if runs.exists() else []
+
+
+def resume_and_compare(root, config_path, uninterrupted):
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(config_path), "--resume", "auto"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
+    run_dir = (root / "runs" / "latest").resolve()
+    metrics = json.loads((run_dir / "metrics.json").read_text())["splits"]
+    for split, models in uninterrupted.metrics["splits"].items():
+        for model, values in models.items():
+            for name, value in values.items():
+                assert metrics[split][model][name] == pytest.approx(value, abs=1e-6), (split, model, name)
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in history] == list(range(1, EPOCHS + 1))
+    # Epochs trained after the resume follow the same losses as the uninterrupted run's.
+    for resumed_epoch, reference_epoch in zip(history, uninterrupted.history):
+        assert resumed_epoch["loss_item"] == pytest.approx(reference_epoch["loss_item"], abs=1e-5)
+    assert not list((root / "runs").glob(".*partial*"))
+    return run_dir
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(resumable):
+    root, config_path, uninterrupted = resumable
+    runs = root / "runs"
+    process = start_run(config_path)
+    wait_for_checkpoint(runs, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert finished_runs(runs) == []  # no run under a final name, no `latest`
+    resume_and_compare(root, config_path, uninterrupted)
+
+
+def test_sigterm_stops_at_a_safe_point_and_resumes(resumable):
+    root, config_path, uninterrupted = resumable
+    runs = root / "runs"
+    before = finished_runs(runs)
+    process = start_run(config_path)
+    wait_for_checkpoint(runs, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "stopped by SIGTERM" in stderr and "--resume auto" in stderr
+    assert finished_runs(runs) == before  # `latest` did not move
+    resume_and_compare(root, config_path, uninterrupted)
+
+
+def test_resume_refuses_a_different_config(resumable, tmp_path):
+    root, config_path, _ = resumable
+    process = start_run(config_path)
+    wait_for_checkpoint(root / "runs", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    with pytest.raises(pipeline.PipelineInputError, match="train.learning_rate"):
+        pipeline.run(config_path, overrides=["train.learning_rate=0.5"], resume="auto")
+    resume_and_compare(root, config_path, resumable[2])
