@@ -120,7 +120,7 @@ def recommendation_frame(user_ids: np.ndarray, item_ids: np.ndarray, rankings: R
 # ---- end to end --------------------------------------------------------------------------------------------------
 
 
-class _Stages:
+class Stages:
     """Shared bookkeeping of `run` and `compare`: stage timings and the run directory's publish-or-abort."""
 
     def __init__(self, config: Config, name: str, resume: str | Path | None = None):
@@ -188,7 +188,7 @@ def run(
     batch boundary (`TrainingStopped`), keeping the folder for resuming.
     """
     config = load_config(config_or_path, overrides)
-    stages = _Stages(config, config.name, resume)
+    stages = Stages(config, config.name, resume)
     with stages.publishing() as output:
         raw, data = stages.load()
         with stages.stage("encode"):
@@ -237,7 +237,7 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
         raise PipelineInputError("compare.models: empty; list the models to compare, e.g. [{name: popularity}, {name: item_cf}]")
     if not any(model_config.name == BASELINE for model_config in model_configs.values()):
         model_configs = {BASELINE: config.model.model_copy(update={"name": BASELINE}), **model_configs}
-    stages = _Stages(config, f"{config.name}-compare")
+    stages = Stages(config, f"{config.name}-compare")
     with stages.publishing() as output:
         raw, data = stages.load()
         with stages.stage("encode"):

@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Learn user interests from behavior logs and recommend what comes next.",
-        epilog="Exit codes: 0 success, 1 unexpected failure, 2 bad input (config or data), 130 interrupted.",
+        epilog="Exit codes: 0 success, 1 unexpected failure, 2 bad input (config or data), 130 interrupted; "
+        "nightly also 3 (champion kept) and 4 (another night running).",
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
@@ -44,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("config", type=Path, help="YAML config file with a compare section")
     compare.add_argument("--progress", action="store_true", help="progress bars even when stderr is not a terminal")
 
+    nightly = commands.add_parser(
+        "nightly", parents=[common, overrides],
+        help="retrain on what is new, promote the challenger only if it is not worse (for cron/systemd)",
+        epilog="Exit codes: 0 promoted or nothing new, 3 champion kept (challenger worse), 4 another night holds the "
+        "lock, 2 bad input, 1 failure.",
+    )
+    nightly.add_argument("config", type=Path, help="YAML config file (section `nightly`)")
+    nightly.add_argument("--progress", action="store_true", help="progress bars even when stderr is not a terminal")
+
     validate = commands.add_parser("validate", parents=[common, overrides], help="check config and data, write nothing")
     validate.add_argument("config", type=Path, help="YAML config file")
 
@@ -58,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.nightly import EXIT_LOCK_HELD, LockHeld
     from pipeline.training import StopRequest, TrainingStopped
 
     args = build_parser().parse_args(argv)
@@ -70,12 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except LockHeld as err:
+        print(f"skipped: {err}", file=sys.stderr)
+        return EXIT_LOCK_HELD
     except TrainingStopped as stopped:
-        print(
-            f"stopped by {args.stop.reason} after {stopped.finished_epochs} finished epoch(s), which are checkpointed; "
-            f"nothing was published. Continue with: python -m pipeline run {args.config} --resume auto",
-            file=sys.stderr,
-        )
+        if args.command == "run":
+            advice = f"which are checkpointed. Continue with: python -m pipeline run {args.config} --resume auto"
+        else:
+            advice = "the night was abandoned and the champion is unchanged"
+        print(f"stopped by {args.stop.reason} after {stopped.finished_epochs} finished epoch(s); nothing was published; {advice}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted: nothing was published", file=sys.stderr)
@@ -118,6 +132,18 @@ def _run(args) -> int:
         print(f"{name:>12}  test ndcg@{k} {values[f'ndcg@{k}']:.4f}  hit_rate@{k} {values[f'hit_rate@{k}']:.4f}")
     print(result.run_dir)
     return EXIT_OK
+
+
+def _nightly(args) -> int:
+    from pipeline.nightly import nightly
+
+    result = nightly(args.config, args.overrides, progress=args.progress or None, stop=args.stop)
+    if result.night_dir is None:
+        print(result.summary["message"])
+    else:
+        print((result.night_dir / "summary.md").read_text(encoding="utf-8"))
+        print(result.night_dir)
+    return result.exit_code
 
 
 def _compare(args) -> int:
@@ -163,7 +189,7 @@ def _recommend(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _run, "compare": _compare, "validate": _validate, "recommend": _recommend}
+COMMANDS = {"run": _run, "compare": _compare, "nightly": _nightly, "validate": _validate, "recommend": _recommend}
 
 
 def _keep_freed_memory() -> None:

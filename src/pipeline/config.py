@@ -223,6 +223,26 @@ class OutputConfig(Section):
     write_csv: bool = True
 
 
+RANKING_METRIC_NAMES = ("hit_rate", "ndcg", "mrr", "precision", "recall")
+
+
+class NightlyConfig(Section):
+    # Nights, the champion pointer, state, history table and lock live here (default: <output.root>/<name>-nightly).
+    root: str | None = None
+    # Fine-tune the champion on tonight's data; a full retrain happens anyway when the encoder or model changed.
+    warm_start: bool = True
+    warm_epochs: int = Field(5, ge=1)
+    # Promote when the challenger's test `metric` is at least (1 - tolerance) x the champion's on the same events.
+    # Default: ndcg@<eval.select_k> (the metric that selects epochs) when select_k is among eval.ks.
+    metric: str | None = None
+    tolerance: float = Field(0.02, ge=0.0, lt=1.0)
+    # Run directories of the last `keep_nights` nights are kept, and every night whose model was promoted.
+    keep_nights: int = Field(7, ge=1)
+    # Interest profiles: category shares with weights halving every `profile_half_life_days` before the newest event.
+    profile_half_life_days: float = Field(30.0, gt=0)
+    profile_top_categories: int = Field(3, ge=1)
+
+
 class Config(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 42
@@ -233,6 +253,18 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     compare: CompareConfig = CompareConfig()
     output: OutputConfig = OutputConfig()
+    nightly: NightlyConfig = NightlyConfig()
+
+    @model_validator(mode="after")
+    def _nightly_metric_is_reported(self):
+        if self.nightly.metric is None:
+            k = self.eval.select_k if self.eval.select_k in self.eval.ks else max(self.eval.ks)
+            self.nightly.metric = f"ndcg@{k}"
+        metric = self.nightly.metric
+        reported = {f"{name}@{k}" for name in RANKING_METRIC_NAMES for k in self.eval.ks}
+        if metric not in reported:
+            raise ValueError(f"nightly.metric: {metric!r} is not reported; choose one of {sorted(reported)}")
+        return self
 
     def compared_models(self) -> dict[str, ModelConfig]:
         """Label -> full model config for each `compare.models` entry (the `model` section with its overrides)."""
@@ -323,7 +355,9 @@ def _describe(err: ValidationError, raw: dict) -> str:
         else:
             value = problem.get("input")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
-            messages.append(f"{key_path}: {problem['msg']}{shown}")
+            message = problem["msg"].removeprefix("Value error, ")
+            # A check across sections names its key path itself.
+            messages.append(f"{key_path}: {message}{shown}" if key_path else message)
     return "; ".join(messages)
 
 
@@ -365,5 +399,6 @@ def _resolve_paths(config: Config, base_dir: Path, check: bool) -> None:
         if check and not Path(config.encoder.model).is_dir():
             raise PipelineInputError(f"encoder.model: model folder not found: {config.encoder.model}")
     config.output.root = resolve(config.output.root)
+    config.nightly.root = resolve(config.nightly.root or str(Path(config.output.root) / f"{config.name}-nightly"))
     if Path(config.output.root).exists() and not Path(config.output.root).is_dir():
         raise PipelineInputError(f"output.root: exists and is not a folder: {config.output.root}")

@@ -95,21 +95,45 @@ def find_resumable(root: str | Path, name: str, partial: str | Path) -> Path:
         return candidates[-1]
     folder = Path(partial).expanduser().resolve()
     if folder not in resumable_partials(root, name):
-        if folder.is_dir() and _partial_owner(folder) is not None and _process_alive(_partial_owner(folder)):
+        if folder.is_dir() and _partial_owner(folder) is not None and process_alive(_partial_owner(folder)):
             raise PipelineInputError(f"--resume: {folder} belongs to a run that is still running (pid {_partial_owner(folder)})")
         raise PipelineInputError(f"--resume: {folder} is not a stopped run of {name!r} with a checkpoint under {root.resolve()}")
     return folder
 
 
 def point_latest(root: Path, target: Path) -> None:
-    """Move `root/latest` to `target` in one rename (a symlink where the platform allows, else a text file)."""
-    temporary = root / f".{LATEST}.{os.getpid()}.tmp"
+    """Move `root/latest` to `target` in one rename."""
+    point(root / LATEST, target)
+
+
+def point(link: Path, target: Path) -> None:
+    """Make `link` lead to `target` in one rename (a relative symlink where the platform allows, else a text file)."""
+    relative = os.path.relpath(target, link.parent)
+    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
     temporary.unlink(missing_ok=True)
     try:
-        os.symlink(target.name, temporary, target_is_directory=True)
+        os.symlink(relative, temporary, target_is_directory=True)
     except OSError:
-        temporary.write_text(target.name + "\n", encoding="utf-8")
-    os.replace(temporary, root / LATEST)
+        temporary.write_text(relative + "\n", encoding="utf-8")
+    os.replace(temporary, link)
+
+
+def follow(link: Path) -> Path | None:
+    """Where a pointer made by `point` leads, or None when there is none."""
+    if link.is_symlink() or link.is_dir():
+        return link.resolve()
+    if link.is_file():
+        return (link.parent / link.read_text(encoding="utf-8").strip()).resolve()
+    return None
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(json.dumps(payload, indent=2, default=_json_default) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def resolve_run(path: str | Path) -> Path:
@@ -117,9 +141,7 @@ def resolve_run(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if (path / LATEST).exists() and not (path / "metrics.json").exists():
         path = path / LATEST
-    if path.is_file():  # the text-file form of `latest`
-        path = path.parent / path.read_text(encoding="utf-8").strip()
-    path = path.resolve()
+    path = follow(path) or path.resolve()
     if not (path / "config.resolved.yaml").is_file():
         raise PipelineInputError(f"{path}: not a finished run directory (no config.resolved.yaml)")
     return path
@@ -199,7 +221,7 @@ def resumable_partials(root: Path, name: str) -> list[Path]:
     folders = []
     for folder in root.resolve().glob(f".{name}-*{PARTIAL_MARK}*"):
         owner = _partial_owner(folder)
-        ended = owner is not None and (owner == os.getpid() or not _process_alive(owner))
+        ended = owner is not None and (owner == os.getpid() or not process_alive(owner))
         if ended and (folder / CHECKPOINT).is_file():
             folders.append(folder)
     return folders
@@ -214,11 +236,11 @@ def _remove_abandoned_partials(root: Path) -> None:
     """Partial folders of dead processes, except those that can still be resumed."""
     for folder in root.glob(f".*{PARTIAL_MARK}*"):
         owner = _partial_owner(folder)
-        if owner is not None and not _process_alive(owner) and not (folder / CHECKPOINT).is_file():
+        if owner is not None and not process_alive(owner) and not (folder / CHECKPOINT).is_file():
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -24,6 +24,9 @@ SCORING_CHUNK = 32
 
 
 class TargetAttention(ScoringModel):
+    # Parameters with one row per catalog item: a warm start maps them row by row through item ids.
+    ITEM_ROWS = ("items.id_embedding.weight", "item_bias")
+
     def __init__(self, config: ModelConfig, item_text_embeddings: np.ndarray, category_matrix: np.ndarray):
         n_items = item_text_embeddings.shape[0] - 1
         super().__init__(n_items, category_matrix, config.max_length)

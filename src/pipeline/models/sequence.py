@@ -89,6 +89,10 @@ class TransformerBackbone(nn.Module):
 
 
 class SequenceRecommender(nn.Module):
+    # Parameters with one row per catalog item: a warm start maps them row by row through item ids.
+    ITEM_ROWS = ("items.id_embedding.weight", "item_bias")
+    CATEGORY_ROWS = ("category_head.weight", "category_head.bias")
+
     def __init__(self, config: ModelConfig, item_text_embeddings: np.ndarray, category_matrix: np.ndarray):
         super().__init__()
         n_rows = item_text_embeddings.shape[0]

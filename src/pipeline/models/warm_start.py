@@ -1,0 +1,105 @@
+"""Carry a trained model's weights over to a model built for a grown catalog (the nightly warm start).
+
+Weights are matched by name. Tensors with one row per item (declared by the model class as `ITEM_ROWS`) are matched
+row by row through the original item ids: known items keep their learned rows; a new item's id-embedding row starts
+as the similarity-weighted mean of the rows of its nearest known items by text embedding, so a new movie starts
+where similar movies are. Tensors with one row per category (`CATEGORY_ROWS`) are matched through category names; a
+new category keeps its fresh initialisation. Buffers (statistics, text embeddings) are not carried: they come from tonight's data.
+The sequence models have no per-user weights, so new users need no rows: their history is their state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+log = logging.getLogger("pipeline")
+
+TEXT_NEIGHBOURS = 10
+
+
+class ShapeChanged(ValueError):
+    """The stored weights do not fit the new model other than through catalog rows: a full retrain is needed."""
+
+
+@dataclass
+class WarmStartReport:
+    known_items: int
+    new_items: int
+    new_items_from_text: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def transplant(
+    model: torch.nn.Module,
+    stored: dict[str, torch.Tensor],
+    stored_vocabulary: dict[str, list],
+    vocabulary: dict[str, list],
+    item_text_embeddings: np.ndarray | None,
+) -> WarmStartReport:
+    """Copy `stored` (a state dict) into `model`, in place, mapping catalog rows through the two vocabularies.
+
+    A vocabulary is {"items": original id per item index (position 0: padding), "categories": category names}.
+    Raises `ShapeChanged` when a parameter is missing or its shape differs for another reason than the vocabularies.
+    """
+    item_rows = _source_rows(stored_vocabulary["items"], vocabulary["items"], padding=True)
+    category_rows = _source_rows(stored_vocabulary["categories"], vocabulary["categories"], padding=False)
+    row_maps = {name: item_rows for name in getattr(model, "ITEM_ROWS", ())}
+    row_maps.update({name: category_rows for name in getattr(model, "CATEGORY_ROWS", ())})
+    known_items = item_rows >= 0
+    new_from_text = 0
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name not in stored:
+                raise ShapeChanged(f"the stored model has no weight {name!r}")
+            source = stored[name]
+            if name in row_maps:
+                if source.shape[1:] != parameter.shape[1:]:
+                    raise ShapeChanged(f"{name}: stored {tuple(source.shape)}, model {tuple(parameter.shape)}")
+                source_rows = row_maps[name]
+                known = source_rows >= 0
+                parameter[torch.from_numpy(np.flatnonzero(known))] = source[torch.from_numpy(source_rows[known])].to(parameter)
+                is_item_table = source_rows is item_rows and parameter.dim() == 2
+                if is_item_table and item_text_embeddings is not None and (~known).any():
+                    new_from_text = _rows_from_text_neighbours(parameter, known, item_text_embeddings)
+            elif source.shape != parameter.shape:
+                raise ShapeChanged(f"{name}: stored {tuple(source.shape)}, model {tuple(parameter.shape)}")
+            else:
+                parameter.copy_(source)
+    report = WarmStartReport(int(known_items[1:].sum()), int((~known_items).sum()), new_from_text)
+    log.info(
+        "warm start: %d known items kept their weights, %d new items (%d initialised from their text neighbours)",
+        report.known_items, report.new_items, report.new_items_from_text,
+    )
+    return report
+
+
+def _source_rows(stored_keys: list, keys: list, padding: bool) -> np.ndarray:
+    """For each row of the new vocabulary, its row in the stored one (-1: new)."""
+    stored_index = {key: position for position, key in enumerate(stored_keys) if position or not padding}
+    rows = np.array([stored_index.get(key, -1) for key in keys], dtype=np.int64)
+    if padding:
+        rows[0] = 0
+    return rows
+
+
+def _rows_from_text_neighbours(parameter: torch.Tensor, known: np.ndarray, item_text_embeddings: np.ndarray) -> int:
+    """Set each new item's row to the softmax(cosine)-weighted mean of its nearest known items' rows."""
+    new_items = np.flatnonzero(~known)
+    known_items = np.flatnonzero(known)[1:]  # not padding
+    if len(known_items) == 0:
+        return 0
+    embeddings = torch.from_numpy(np.asarray(item_text_embeddings, dtype=np.float32))
+    embeddings = torch.nn.functional.normalize(embeddings, dim=1)
+    similarity = embeddings[torch.from_numpy(new_items)] @ embeddings[torch.from_numpy(known_items)].T
+    top = similarity.topk(min(TEXT_NEIGHBOURS, len(known_items)), dim=1)
+    # Temperature 0.05: close neighbours dominate, distant ones barely count.
+    weights = torch.softmax(top.values / 0.05, dim=1)
+    neighbour_rows = parameter[torch.from_numpy(known_items)[top.indices]]  # [new, neighbours, width]
+    parameter[torch.from_numpy(new_items)] = torch.einsum("nk,nkw->nw", weights, neighbour_rows).to(parameter)
+    return len(new_items)

@@ -1,0 +1,365 @@
+"""`python -m pipeline nightly CONFIG`: the least work that keeps the model fresh, never a worse model, one row of history.
+
+A night, top to bottom:
+1. lock (one night at a time); compare the input files and config with the last successful night: unchanged -> done;
+2. load and prepare tonight's log, count what is new since the watermark (newest event time of the last night);
+3. encode item texts through the cache (only new or changed texts are encoded);
+4. train the challenger: warm-started from the champion (same encoder and model shape) or from scratch;
+5. evaluate challenger and champion on the same test events; promote if the challenger is not worse by more than the
+   tolerance;
+6. write the night's run directory (model, metrics, lists, interest profiles, summary), move the champion pointer if
+   promoted, update the state and the history table, delete old nights.
+
+Layout under `nightly.root`: `nights/<name>-<time>/` (one run directory per night, `nights/latest`), `champion` (a
+pointer to the promoted night), `state.json`, `history.csv`, `lock`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from safetensors.torch import load_file
+
+from pipeline.api import (
+    Stages, catalog, encode, evaluate, protocol, recommendation_frame, selection_metric, validation_ranking,
+)
+from pipeline.config import Config, load_config
+from pipeline.data import TEST, PreparedData
+from pipeline.encoding import encode_items, encoder_identity
+from pipeline.errors import PipelineInputError
+from pipeline.models import build_model, uses_text_embeddings
+from pipeline.models.warm_start import ShapeChanged, transplant
+from pipeline.nightly.lock import NightLock
+from pipeline.nightly.profiles import interest_profiles, profile_summary
+from pipeline.outputs import file_fingerprint, follow, point, save_model, utc_now, write_json_atomic, write_table
+from pipeline.training import StopRequest, fit
+
+log = logging.getLogger("pipeline")
+
+PROMOTED, KEPT_CHAMPION, NOTHING_NEW = "promoted", "kept_champion", "nothing_new"
+# Exit codes of `python -m pipeline nightly` besides 1 (failure) and 2 (bad input); documented in the README.
+EXIT_CODES = {PROMOTED: 0, NOTHING_NEW: 0, KEPT_CHAMPION: 3}
+EXIT_LOCK_HELD = 4
+
+
+@dataclass
+class NightResult:
+    status: str
+    night_dir: Path | None
+    summary: dict
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+
+@dataclass
+class Champion:
+    night_dir: Path
+    config: Config
+    state: dict
+    vocabulary: dict[str, list]  # see `transplant`
+
+
+def nightly(
+    config_or_path: str | Path | dict | Config,
+    overrides: list[str] | None = None,
+    progress: bool | None = None,
+    stop: StopRequest | None = None,
+) -> NightResult:
+    """Run one night (see the module docstring). Raises `LockHeld` when another night is running."""
+    config = load_config(config_or_path, overrides)
+    root = Path(config.nightly.root)
+    with NightLock(root / "lock"):
+        started = time.perf_counter()
+        try:
+            return _night(config, root, progress, stop, started)
+        except Exception as err:
+            status = "bad_input" if isinstance(err, PipelineInputError) else "failed"
+            _append_history(root, {"night": None, "date": utc_now(), "status": status, "error": str(err)[:300]})
+            raise
+
+
+def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest | None, started: float) -> NightResult:
+    state = _read_state(root)
+    inputs = _input_fingerprints(config)
+    config_digest = hashlib.sha256(config.to_yaml().encode()).hexdigest()
+    champion = _load_champion(root)
+    if state and champion and state["inputs"] == inputs and state["config_sha256"] == config_digest:
+        message = (
+            f"nothing new since night {state['night']}: input files and config unchanged "
+            f"(newest event {_iso(state['watermark'])}); the champion stays {champion.night_dir.name}"
+        )
+        log.info(message)
+        _append_history(root, {"night": None, "date": utc_now(), "status": NOTHING_NEW, "wall_seconds": _since(started)})
+        return NightResult(NOTHING_NEW, None, {"status": NOTHING_NEW, "message": message})
+
+    night_config = config.model_copy(update={"output": config.output.model_copy(update={"root": str(root / "nights")})})
+    stages = Stages(night_config, config.name)
+    with stages.publishing() as output:
+        raw, data = stages.load()
+        news = _whats_new(data, state, champion, inputs, config_digest)
+        log.info("tonight: %s", news["message"])
+        with stages.stage("encode"):
+            item_embeddings, encoding = encode(data, config, progress=bool(progress))
+        texts = {"encoded": encoding.encoded if encoding else 0, "from_cache": encoding.from_cache if encoding else 0}
+        with stages.stage("train"):
+            challenger, training, history = _train_challenger(config, data, item_embeddings, champion, progress, stop)
+        with stages.stage("evaluate"):
+            challenger_metrics, challenger_rankings = evaluate(challenger, data, config, TEST)
+            champion_model, champion_metrics, champion_rankings = None, None, None
+            if champion is not None:
+                champion_model = _champion_for_tonight(champion, data, config, item_embeddings)
+                champion_metrics, champion_rankings = evaluate(champion_model, data, config, TEST)
+            decision = _decide(config, challenger_metrics, champion_metrics)
+            log.info("decision: %s", decision["message"])
+        with stages.stage("profiles"):
+            previous = _previous_profiles(root, state)
+            profiles = interest_profiles(data, config.nightly.profile_half_life_days, config.nightly.profile_top_categories, previous)
+        with stages.stage("write"):
+            serving_rankings = challenger_rankings if decision["promote"] else champion_rankings
+            test_users = data.user_ids[data.eval_cases(TEST).users]
+            write_table(recommendation_frame(test_users, data.item_ids, serving_rankings), output.file("recommendations.parquet"))
+            write_table(profiles, output.file("profiles.parquet"))
+            save_model(challenger, output.file("model.safetensors"))
+            output.write_json("catalog.json", catalog(data, item_embeddings))
+            output.write_json("metrics.json", {
+                "protocol": protocol(data, config),
+                "splits": {TEST: {"challenger": challenger_metrics, **({"champion": champion_metrics} if champion_metrics else {})}},
+                "decision": decision,
+            })
+            output.write_jsonl("history.jsonl", history)
+            summary = {
+                "night": output.final_path.name, "date": utc_now(), "status": PROMOTED if decision["promote"] else KEPT_CHAMPION,
+                "data": news, "texts": texts, "training": training, "decision": decision,
+                "profiles": profile_summary(profiles), "timings_seconds": stages.timings,
+            }
+            output.write_json("summary.json", summary)
+            output.write_text("summary.md", summary_markdown(summary))
+        night_dir = stages.finish(raw, data, encoding)
+
+    if decision["promote"]:
+        point(root / "champion", night_dir)
+    promoted = state.get("promoted", []) + ([night_dir.name] if decision["promote"] else [])
+    write_json_atomic(root / "state.json", {
+        "night": night_dir.name, "finished_at": utc_now(), "watermark": int(data.events["timestamp"].max()),
+        "inputs": inputs, "config_sha256": config_digest, "promoted": promoted,
+    })
+    summary["timings_seconds"]["total"] = _since(started)
+    _append_history(root, _history_row(summary))
+    _remove_old_nights(root / "nights", config.nightly.keep_nights, set(promoted))
+    return NightResult(summary["status"], night_dir, summary)
+
+
+# ---- what is new ---------------------------------------------------------------------------------------------------
+
+
+def _input_fingerprints(config: Config) -> dict[str, str]:
+    sources = [config.data.interactions, config.data.items, config.data.tags]
+    return {source.path: file_fingerprint(Path(source.path))["sha256"] for source in sources if source is not None}
+
+
+def _whats_new(data: PreparedData, state: dict, champion: Champion | None, inputs: dict, config_digest: str) -> dict:
+    timestamps = data.events["timestamp"]
+    watermark = state.get("watermark")
+    new_events = int((timestamps > watermark).sum()) if watermark is not None else len(timestamps)
+    first_event = data.events.groupby("user")["timestamp"].min()
+    new_users = int((first_event > watermark).sum()) if watermark is not None else data.n_users
+    known_items = set(champion.vocabulary["items"][1:]) if champion else set()
+    new_items = sum(1 for item in data.item_ids[1:] if item not in known_items)
+    changed = [Path(path).name for path, digest in inputs.items() if state.get("inputs", {}).get(path) != digest]
+    reasons = []
+    if changed:
+        reasons.append(f"changed files: {', '.join(changed)}")
+    if state and state.get("config_sha256") != config_digest:
+        reasons.append("config changed")
+    since = f"since {_iso(watermark)}" if watermark is not None else "(first night)"
+    return {
+        "events": int(len(timestamps)), "new_events": new_events, "users": data.n_users, "new_users": new_users,
+        "items": data.n_items, "new_items": new_items, "newest_event": _iso(int(timestamps.max())),
+        "message": f"{new_events} new events {since}, {new_users} new users, {new_items} new items; " + ("; ".join(reasons) or "first night"),
+    }
+
+
+# ---- champion and challenger ---------------------------------------------------------------------------------------
+
+
+def _load_champion(root: Path) -> Champion | None:
+    night_dir = follow(root / "champion")
+    if night_dir is None:
+        return None
+    if not (night_dir / "model.safetensors").is_file():
+        raise PipelineInputError(f"{root / 'champion'}: points at {night_dir}, which holds no model.safetensors")
+    config = load_config(night_dir / "config.resolved.yaml", check_paths=False)
+    catalog_info = json.loads((night_dir / "catalog.json").read_text(encoding="utf-8"))
+    vocabulary = {"items": [None, *catalog_info["item_ids"]], "categories": catalog_info["category_names"]}
+    return Champion(night_dir, config, load_file(str(night_dir / "model.safetensors")), vocabulary)
+
+
+def _vocabulary(data: PreparedData) -> dict[str, list]:
+    return {"items": list(data.item_ids), "categories": list(data.category_names)}
+
+
+def _training_mode(config: Config, champion: Champion | None) -> tuple[str, str]:
+    if champion is None:
+        return "full", "no champion yet"
+    if not config.nightly.warm_start:
+        return "full", "nightly.warm_start is off"
+    changed = _changed_keys(champion.config.model.model_dump(), config.model.model_dump())
+    if changed:
+        return "full", f"model config changed ({', '.join('model.' + key for key in changed)})"
+    if encoder_identity(champion.config.encoder) != encoder_identity(config.encoder):
+        return "full", "encoder changed"
+    return "warm", f"fine-tuned from champion {champion.night_dir.name}"
+
+
+def _changed_keys(before: dict, after: dict) -> list[str]:
+    return sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
+
+
+def _train_challenger(config, data, item_embeddings, champion, progress, stop):
+    mode, reason = _training_mode(config, champion)
+    challenger = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
+    challenger.fit_statistics(data)
+    warm = None
+    if mode == "warm":
+        try:
+            warm = transplant(challenger, champion.state, champion.vocabulary, _vocabulary(data), item_embeddings).to_dict()
+        except ShapeChanged as err:
+            mode, reason = "full", f"stored weights do not fit: {err}"
+            challenger = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
+            challenger.fit_statistics(data)
+    log.info("challenger: %s training (%s)", mode, reason)
+    train_config = config.train if mode == "full" else config.train.model_copy(update={"epochs": config.nightly.warm_epochs})
+    started = time.perf_counter()
+    history = fit(challenger, data, train_config, validation_ranking(data, config), selection_metric(config), config.seed, progress, stop=stop)
+    training = {"mode": mode, "reason": reason, "epochs": len(history), "seconds": _since(started), "warm_start": warm}
+    return challenger, training, history
+
+
+def _champion_for_tonight(champion: Champion, data: PreparedData, config: Config, item_embeddings):
+    """The champion's weights on tonight's catalog (new items from their text neighbours), with tonight's statistics."""
+    embeddings = item_embeddings
+    if uses_text_embeddings(champion.config.model) and (
+        embeddings is None or encoder_identity(champion.config.encoder) != encoder_identity(config.encoder)
+    ):
+        embeddings, _ = encode_items(data.item_texts, champion.config.encoder)
+    model = build_model(champion.config.model, data.n_items, data.category_matrix(), embeddings, config.seed, data.n_users)
+    model.fit_statistics(data)
+    try:
+        transplant(model, champion.state, champion.vocabulary, _vocabulary(data), embeddings)
+    except ShapeChanged as err:
+        raise PipelineInputError(f"{champion.night_dir / 'model.safetensors'}: does not fit its own config: {err}") from None
+    model.eval()
+    return model
+
+
+def _decide(config: Config, challenger: dict, champion: dict | None) -> dict:
+    metric, tolerance = config.nightly.metric, config.nightly.tolerance
+    challenger_value = float(challenger[metric])
+    if champion is None:
+        return {"promote": True, "metric": metric, "challenger": challenger_value, "champion": None, "tolerance": tolerance,
+                "message": f"promoted: first night, no champion yet (challenger {metric} {challenger_value:.4f})"}
+    champion_value = float(champion[metric])
+    bar = champion_value * (1.0 - tolerance)
+    promote = challenger_value >= bar
+    verdict = "promoted" if promote else "kept the champion"
+    return {
+        "promote": promote, "metric": metric, "challenger": challenger_value, "champion": champion_value, "tolerance": tolerance,
+        "message": f"{verdict}: challenger {metric} {challenger_value:.4f} vs champion {champion_value:.4f} "
+        f"(bar {bar:.4f} = champion x (1 - {tolerance:g}))",
+    }
+
+
+# ---- state, history, retention -------------------------------------------------------------------------------------
+
+
+def _read_state(root: Path) -> dict:
+    path = root / "state.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise PipelineInputError(f"{path}: unreadable nightly state ({err}); move it away to start over") from None
+
+
+def _previous_profiles(root: Path, state: dict) -> pd.DataFrame | None:
+    path = root / "nights" / state.get("night", "") / "profiles.parquet"
+    return pd.read_parquet(path) if state.get("night") and path.is_file() else None
+
+
+HISTORY_COLUMNS = [
+    "night", "date", "status", "events", "new_events", "users", "new_users", "items", "new_items", "texts_encoded",
+    "texts_from_cache", "training", "train_seconds", "metric", "champion", "challenger", "wall_seconds", "error",
+]
+
+
+def _history_row(summary: dict) -> dict:
+    data, decision = summary["data"], summary["decision"]
+    return {
+        "night": summary["night"], "date": summary["date"], "status": summary["status"],
+        **{key: data[key] for key in ("events", "new_events", "users", "new_users", "items", "new_items")},
+        "texts_encoded": summary["texts"]["encoded"], "texts_from_cache": summary["texts"]["from_cache"],
+        "training": summary["training"]["mode"], "train_seconds": summary["training"]["seconds"],
+        "metric": decision["metric"], "champion": decision["champion"], "challenger": decision["challenger"],
+        "wall_seconds": summary["timings_seconds"]["total"],
+    }
+
+
+def _append_history(root: Path, row: dict) -> None:
+    """Rewrite history.csv with one more row (temporary file + rename: a crash never leaves half a table)."""
+    path = root / "history.csv"
+    root.mkdir(parents=True, exist_ok=True)
+    history = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
+    row_frame = pd.DataFrame([{column: row.get(column) for column in HISTORY_COLUMNS}])
+    write_table(pd.concat([history, row_frame], ignore_index=True) if len(history) else row_frame, path)
+
+
+def _remove_old_nights(nights: Path, keep: int, promoted: set[str]) -> None:
+    finished = sorted(path for path in nights.iterdir() if path.is_dir() and not path.is_symlink() and not path.name.startswith("."))
+    for night_dir in finished[:-keep]:
+        if night_dir.name not in promoted:
+            shutil.rmtree(night_dir)
+            log.info("retention: deleted %s (older than the last %d nights, never promoted)", night_dir.name, keep)
+
+
+# ---- summary -------------------------------------------------------------------------------------------------------
+
+
+def summary_markdown(summary: dict) -> str:
+    data, texts, training, decision, profiles = (
+        summary["data"], summary["texts"], summary["training"], summary["decision"], summary["profiles"]
+    )
+    status = {PROMOTED: "challenger promoted", KEPT_CHAMPION: "champion kept"}[summary["status"]]
+    top = ", ".join(f"{name} {share:.0%}" for name, share in profiles["top_categories"].items())
+    drift = "n/a (first profiles)" if profiles["mean_drift"] is None else f"{profiles['mean_drift']:.3f}"
+    lines = [
+        f"# Night {summary['night']}: {status}",
+        "",
+        f"- **Data**: {data['events']:,} events ({data['new_events']:,} new), {data['users']:,} users ({data['new_users']:,} new), "
+        f"{data['items']:,} items ({data['new_items']:,} new); newest event {data['newest_event']}",
+        f"- **Texts**: {texts['encoded']:,} encoded, {texts['from_cache']:,} from the cache",
+        f"- **Training**: {training['mode']} ({training['reason']}), {training['epochs']} epochs, {training['seconds']:.1f} s",
+        f"- **Decision**: {decision['message']}",
+        f"- **Interests**: {profiles['users']:,} profiles; top categories {top}; mean drift since last night {drift}; "
+        f"{profiles['users_top_category_changed']:,} users' top category changed",
+        f"- **Wall time**: {sum(v for k, v in summary['timings_seconds'].items() if k != 'total'):.1f} s in stages",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _iso(timestamp: int | None) -> str | None:
+    return None if timestamp is None else pd.Timestamp(int(timestamp), unit="s", tz="UTC").isoformat()
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 3)

@@ -1,0 +1,137 @@
+"""Nights on the bundled MovieLens log cut by time: scratch, warm start, nothing new, a degraded challenger, the lock."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from pipeline.nightly import LockHeld, nightly
+from pipeline.nightly.lock import NightLock
+from tests.conftest import MOVIELENS, REPO, tiny_config_dict, write_yaml
+
+USERS = 60
+
+
+def write_log_until(folder, quantile):
+    """The bundled log of the first USERS users up to a time quantile, and only the movies that log mentions."""
+    ratings = pd.read_csv(MOVIELENS / "ratings.csv")
+    ratings = ratings[ratings["userId"] <= USERS]
+    ratings = ratings[ratings["timestamp"] <= ratings["timestamp"].quantile(quantile)]
+    movies = pd.read_csv(MOVIELENS / "movies.csv")
+    movies = movies[movies["movieId"].isin(ratings["movieId"])]
+    tags = pd.read_csv(MOVIELENS / "tags.csv")
+    folder.mkdir(parents=True, exist_ok=True)
+    ratings.to_csv(folder / "ratings.csv", index=False)
+    movies.to_csv(folder / "movies.csv", index=False)
+    tags[tags["movieId"].isin(movies["movieId"])].to_csv(folder / "tags.csv", index=False)
+    return len(movies)
+
+
+@pytest.fixture(scope="module")
+def night_config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nightly")
+    config = tiny_config_dict(
+        root / "data", root / "runs", root / "cache",
+        train={"epochs": 3, "patience": 3, "learning_rate": 0.005},
+        eval={"ks": [10, 50], "select_k": 50},
+        nightly={"warm_epochs": 2, "metric": "ndcg@50", "tolerance": 0.02, "keep_nights": 2},
+    )
+    return root, config
+
+
+def nights(root):
+    folder = root / "runs" / "tiny-nightly" / "nights"
+    return sorted(path.name for path in folder.iterdir() if not path.name.startswith(".") and path.name != "latest")
+
+
+def test_three_nights_then_a_degraded_challenger(night_config):
+    root, config = night_config
+    nightly_root = root / "runs" / "tiny-nightly"
+
+    items_night1 = write_log_until(root / "data", 0.7)
+    first = nightly(config)
+    assert first.status == "promoted" and first.exit_code == 0
+    assert first.summary["training"]["mode"] == "full"
+    assert first.summary["texts"] == {"encoded": items_night1, "from_cache": 0}
+    assert (nightly_root / "champion").resolve() == first.night_dir
+    assert {"summary.md", "profiles.parquet", "model.safetensors", "metrics.json", "run.log"} <= {p.name for p in first.night_dir.iterdir()}
+
+    items_night2 = write_log_until(root / "data", 0.85)
+    second = nightly(config)
+    assert second.summary["training"]["mode"] == "warm"
+    assert second.summary["data"]["new_items"] == items_night2 - items_night1 > 0
+    assert second.summary["data"]["new_events"] > 0
+    # Only the new movies' texts are encoded; every other text comes from the cache.
+    assert second.summary["texts"] == {"encoded": items_night2 - items_night1, "from_cache": items_night1}
+    warm = second.summary["training"]["warm_start"]
+    assert warm["new_items"] == warm["new_items_from_text"] == items_night2 - items_night1
+    decision = second.summary["decision"]
+    assert decision["champion"] is not None
+    assert second.status == ("promoted" if decision["challenger"] >= decision["champion"] * 0.98 else "kept_champion")
+    profiles = pd.read_parquet(second.night_dir / "profiles.parquet")
+    returning = profiles[~profiles["new_user"]]
+    assert len(returning) > 0 and returning["drift"].between(0, 1).all()
+    share_columns = [c for c in profiles.columns if c.startswith("share:")]
+    assert profiles[share_columns].sum(axis=1).round(6).eq(1).all()
+
+    third = nightly(config)
+    assert third.status == "nothing_new" and third.exit_code == 0 and third.night_dir is None
+    assert "nothing new" in third.summary["message"]
+    assert len(nights(root)) == 2
+
+    champion_before = (nightly_root / "champion").resolve()
+    write_log_until(root / "data", 1.0)
+    degraded = nightly(config, overrides=["train.learning_rate=50", "nightly.warm_epochs=1"])
+    assert degraded.status == "kept_champion" and degraded.exit_code == 3
+    assert degraded.summary["decision"]["challenger"] < degraded.summary["decision"]["champion"]
+    assert (nightly_root / "champion").resolve() == champion_before
+
+    history = pd.read_csv(nightly_root / "history.csv")
+    assert list(history["status"]) == ["promoted", second.status, "nothing_new", "kept_champion"]
+    assert history["new_events"].iloc[[0, 1, 3]].gt(0).all()
+    # Retention: the last 2 nights plus every promoted one.
+    state = json.loads((nightly_root / "state.json").read_text())
+    kept = set(nights(root))
+    assert set(state["promoted"]) <= kept and {second.night_dir.name, degraded.night_dir.name} <= kept
+    assert "# Night" in (degraded.night_dir / "summary.md").read_text()
+
+
+def test_two_nights_at_once_only_one_trains(night_config, tmp_path):
+    root, config = night_config
+    write_log_until(root / "data", 1.0)
+    config = {**config, "nightly": {**config["nightly"], "root": str(tmp_path / "nightly")}}
+    path = write_yaml(tmp_path / "night.yaml", config)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "pipeline", "nightly", str(path)]
+    processes = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    codes = sorted(process.returncode for process in processes)
+    assert codes in ([0, 4], [3, 4]), outputs
+    skipped = outputs[[process.returncode for process in processes].index(4)][1]
+    assert "another night is running" in skipped
+    assert len([p for p in (tmp_path / "nightly" / "nights").iterdir() if not p.name.startswith(".") and p.name != "latest"]) == 1
+
+
+def test_stale_lock_is_taken_over_and_a_held_lock_refuses(tmp_path, caplog):
+    lock_path = tmp_path / "lock"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock_path.write_text(json.dumps({"pid": int(dead.stdout), "host": "h", "since": "yesterday"}))
+    with caplog.at_level("WARNING", logger="pipeline"):
+        with NightLock(lock_path):
+            assert json.loads(lock_path.read_text())["pid"] == os.getpid()
+            holder = subprocess.run(
+                [sys.executable, "-c", f"from pipeline.nightly.lock import NightLock\nwith NightLock(__import__('pathlib').Path({str(lock_path)!r})): pass"],
+                capture_output=True, text=True,
+            )
+            assert holder.returncode != 0 and "another night is running" in holder.stderr
+    assert "taking over a stale lock" in caplog.text
+    assert lock_path.read_text() == ""  # released cleanly: not stale for the next night
+    with NightLock(lock_path):
+        pass
+    with pytest.raises(LockHeld):
+        with NightLock(lock_path):
+            with NightLock(lock_path):
+                pass
