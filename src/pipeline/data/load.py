@@ -20,6 +20,9 @@ from pipeline.errors import PipelineInputError
 
 log = logging.getLogger("pipeline")
 
+# Item texts are cut here: far beyond what any encoder reads (encoder.max_length tokens), and it keeps tokenizing a
+# pathological 1 MB description cheap.
+MAX_TEXT_CHARACTERS = 5_000
 # Earliest and latest plausible event times: anything outside is a unit mix-up (milliseconds) or garbage.
 MIN_TIMESTAMP = 0
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01
@@ -102,19 +105,18 @@ def _clean_ids(values: pd.Series, path: Path, column: str) -> pd.Series:
 def parse_timestamps(values: pd.Series, path: Path, column: str) -> np.ndarray:
     """Unix seconds (int or float) or ISO-8601 strings -> int64 unix seconds, range-checked."""
     numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.notna().all():
-        seconds = numeric.to_numpy(dtype=np.float64)
-    else:
-        as_text = values.astype("string")
-        parsed = pd.to_datetime(as_text, utc=True, errors="coerce", format="ISO8601")
+    seconds = numeric.to_numpy(dtype=np.float64, copy=True)
+    textual = numeric.isna().to_numpy()
+    if textual.any():
+        parsed = pd.to_datetime(values[textual].astype("string"), utc=True, errors="coerce", format="ISO8601")
         bad = parsed.isna()
         if bad.any():
             index = bad.idxmax()
             raise PipelineInputError(
-                f"{path}: row {_row(index)}: cannot parse {column!r} value {values.iloc[index]!r} "
+                f"{path}: row {_row(index)}: cannot parse {column!r} value {values.loc[index]!r} "
                 "as unix seconds or ISO-8601"
             )
-        seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+        seconds[textual] = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
     out_of_range = (seconds < MIN_TIMESTAMP) | (seconds > MAX_TIMESTAMP) | ~np.isfinite(seconds)
     if out_of_range.any():
         index = int(np.argmax(out_of_range))
@@ -209,6 +211,13 @@ def _render_texts(template: str, fields: dict[str, pd.Series], n_rows: int, path
     for row in range(n_rows):
         text = template.format(**{name: values[row] for name, values in columns.items()}).strip()
         rendered.append(text)
+    long = [row for row, text in enumerate(rendered) if len(text) > MAX_TEXT_CHARACTERS]
+    if long:
+        log.warning(
+            "%s: cut %d item texts to %d characters (first: row %d, %d characters)",
+            path, len(long), MAX_TEXT_CHARACTERS, _row(long[0]), len(rendered[long[0]]),
+        )
+        rendered = [text[:MAX_TEXT_CHARACTERS] for text in rendered]
     empty = [row for row, text in enumerate(rendered) if not text]
     if empty:
         log.warning("%s: %d items have empty text (first: row %d); they are encoded as empty strings", path, len(empty), _row(empty[0]))
