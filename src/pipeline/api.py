@@ -32,8 +32,8 @@ from pipeline.evaluation import Rankings, evaluate_model, rank_users, ranking_me
 from pipeline.models import build_model, uses_text_embeddings
 from pipeline.models.fusion import ScoreFusion
 from pipeline.outputs import (
-    CHECKPOINT, RunDirectory, find_resumable, elapsed, environment_manifest, file_fingerprint, load_model_state, resolve_run, save_model, utc_now,
-    write_table,
+    CHECKPOINT, RunDirectory, elapsed, environment_manifest, file_fingerprint, find_resumable, load_model_state,
+    markdown_table, resolve_run, save_model, utc_now, write_table,
 )
 from pipeline.training import StopRequest, fit
 
@@ -309,18 +309,12 @@ def _leaderboard_row(label: str, model, data: PreparedData, config: Config, metr
 
 def leaderboard_markdown(leaderboard: pd.DataFrame, protocol_info: dict) -> str:
     shown = leaderboard.drop(columns=[c for c in leaderboard.columns if c.startswith("test_coverage@")])
-    header = "| " + " | ".join(shown.columns) + " |"
-    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
-    lines = [
-        "| " + " | ".join(f"{value:.4f}" if isinstance(value, float) else str(value) for value in row) + " |"
-        for row in shown.itertuples(index=False)
-    ]
     notes = [
         f"Protocol: split {protocol_info['split']}, candidates: {protocol_info['candidates']} ({protocol_info['n_items']}), "
         f"seen items excluded: {protocol_info['exclude_seen']}, users evaluated: {protocol_info['users_evaluated']}, "
         f"model selection: {protocol_info['model_selection']}.",
     ]
-    return "# Leaderboard\n\n" + "\n".join([header, rule, *lines]) + "\n\n" + "\n".join(notes) + "\n"
+    return "# Leaderboard\n\n" + markdown_table(shown) + "\n\n" + "\n".join(notes) + "\n"
 
 
 def _log_to_file(path: Path) -> logging.Handler:

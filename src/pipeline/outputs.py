@@ -209,6 +209,17 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A Markdown table of `frame` (floats with 4 decimals), without needing the `tabulate` package."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = [
+        "| " + " | ".join(f"{value:.4f}" if isinstance(value, float) else str(value) for value in row) + " |"
+        for row in frame.itertuples(index=False)
+    ]
+    return "\n".join([header, rule, *rows])
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():
