@@ -84,3 +84,20 @@ def test_rank_users_seen_target_is_a_miss_and_chunks_agree():
     assert [r.tolist() for r in whole.target_ranks] == [[np.inf], [1.0], [2.0]]
     assert [r.tolist() for r in chunked.target_ranks] == [r.tolist() for r in whole.target_ranks]
     np.testing.assert_array_equal(whole.top_items, chunked.top_items)
+
+
+def test_top_indices_match_a_stable_full_sort_with_ties():
+    import torch
+
+    from pipeline.evaluation import top_indices
+
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(100):
+        n_columns = int(torch.randint(5, 60, (), generator=generator))
+        scores = torch.randint(0, 4, (7, n_columns), generator=generator).float()  # many ties
+        scores[:, 0] = float("-inf")
+        if trial % 3 == 0:
+            scores[:, 1:4] = float("-inf")
+        k = int(torch.randint(1, n_columns + 3, (), generator=generator))
+        expected = torch.sort(-scores, dim=1, stable=True).indices[:, :k]
+        assert torch.equal(top_indices(scores, k), expected)

@@ -115,3 +115,19 @@ def test_training_windows_cover_every_target_once(tmp_path):
     assert [ids(row) for row in strided.targets] == [[0, 0, 16, 17], [0, 0, 14, 15], [12, 13, 0, 0]]
     plain = training_windows(data, max_length=4)
     assert [ids(row) for row in plain.targets] == [[14, 15, 16, 17], [12, 13, 0, 0]]
+
+
+def test_cached_item_representations_follow_weight_updates():
+    import torch
+
+    from pipeline.models.sequence import ItemRepresentation
+
+    representation = ItemRepresentation(np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32), 3, "text+id")
+    with torch.inference_mode():
+        before = representation().clone()
+        assert representation() is representation()  # reused between scoring chunks
+    with torch.no_grad():
+        representation.id_embedding.weight[2] += 1.0
+    with torch.inference_mode():
+        after = representation()
+    assert torch.allclose(after[2], before[2] + 1.0) and torch.allclose(after[3], before[3])

@@ -84,6 +84,11 @@ class Rankings:
     top_scores: np.ndarray  # [users, list_length]
 
 
+# Scores held at once (users x catalog) while ranking: bounds memory whatever the catalog size (~12 bytes each with
+# the masks, so ~400 MB); with a million items a chunk is 32 users.
+SCORE_BUDGET = 32 * 1024 * 1024
+
+
 @torch.inference_mode()
 def rank_users(
     model, histories: list[np.ndarray], targets: list[np.ndarray] | None, list_length: int, exclude_seen: bool,
@@ -92,19 +97,38 @@ def rank_users(
     """Score the full catalog for users in chunks; rank the targets and keep each user's top `list_length` items."""
     ranks: list[np.ndarray] = []
     top_items, top_scores = [], []
-    for start in range(0, len(histories), user_batch_size):
-        chunk = histories[start : start + user_batch_size]
+    start, chunk_size = 0, 1  # the first user shows the catalog size, which sets the chunk size
+    while start < len(histories):
+        chunk = histories[start : start + chunk_size]
         scores = model.score_items(chunk).float().clone()
         scores[:, 0] = float("-inf")
         if exclude_seen:
             scores[history_mask(chunk, scores.shape[1], scores.device)] = float("-inf")
         if targets is not None:
-            ranks.extend(_target_ranks(scores, targets[start : start + user_batch_size]))
-        # Stable sort on the negated scores: ties keep item-index order, matching the rank definition above.
-        order = torch.sort(-scores, dim=1, stable=True).indices[:, :list_length]
+            ranks.extend(_target_ranks(scores, targets[start : start + chunk_size]))
+        order = top_indices(scores, list_length)
         top_items.append(order.cpu().numpy())
         top_scores.append(scores.gather(1, order).cpu().numpy())
+        start += len(chunk)
+        chunk_size = max(1, min(user_batch_size, SCORE_BUDGET // scores.shape[1]))
     return Rankings(ranks, np.concatenate(top_items), np.concatenate(top_scores))
+
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """[users, k] indices of the highest scores, best first, ties broken by lower index (the rank definition above).
+
+    `topk` alone is linear in the catalog but breaks ties arbitrarily; so take everything strictly above the k-th
+    score plus the lowest-index items equal to it, then order those k by score with a stable sort.
+    """
+    k = min(k, scores.shape[1])
+    threshold = scores.topk(k, dim=1).values[:, -1:]
+    above = scores > threshold
+    tied = scores == threshold
+    still_needed = k - above.sum(dim=1, keepdim=True, dtype=torch.int32)
+    selected = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= still_needed))
+    candidates = selected.nonzero()[:, 1].view(len(scores), k)  # ascending index within each row
+    order = torch.sort(-scores.gather(1, candidates), dim=1, stable=True).indices
+    return candidates.gather(1, order)
 
 
 def _target_ranks(scores: torch.Tensor, targets: list[np.ndarray]) -> list[np.ndarray]:

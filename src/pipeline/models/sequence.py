@@ -33,8 +33,19 @@ class ItemRepresentation(nn.Module):
             nn.init.normal_(self.id_embedding.weight, std=0.02)
             with torch.no_grad():
                 self.id_embedding.weight[0].zero_()
+        self._cached: tuple | None = None
 
     def forward(self) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self._compute()
+        # Scoring calls this once per user chunk; with a large catalog the text projection dominates, so reuse it
+        # until a weight changes (in-place updates bump a tensor's version; moving the model replaces the tensors).
+        key = tuple((id(tensor), tensor._version) for tensor in (*self.parameters(), *self.buffers()))
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self._compute())
+        return self._cached[1]
+
+    def _compute(self) -> torch.Tensor:
         parts = []
         if self.text_projection is not None:
             parts.append(self.text_projection(self.item_text_embeddings))
