@@ -36,9 +36,16 @@ def test_embeddings_are_normalized_and_match_sentence_transformers(tmp_path):
 
 
 def test_length_sorted_batches_do_not_change_results(tmp_path):
-    single = TextEncoder(EncoderConfig(cache_dir=str(tmp_path), batch_size=1)).encode(TEXTS)
-    batched = TextEncoder(EncoderConfig(cache_dir=str(tmp_path), batch_size=3)).encode(TEXTS)
+    config = EncoderConfig(cache_dir=str(tmp_path), batch_size=1, precision="fp32")
+    single = TextEncoder(config).encode(TEXTS)
+    batched = TextEncoder(config.model_copy(update={"batch_size": 3})).encode(TEXTS)
     np.testing.assert_allclose(single, batched, atol=1e-5)
+
+
+def test_bf16_embeddings_stay_close_to_fp32(tmp_path):
+    fp32 = TextEncoder(EncoderConfig(cache_dir=str(tmp_path), precision="fp32", device="cpu")).encode(TEXTS)
+    bf16 = TextEncoder(EncoderConfig(cache_dir=str(tmp_path), precision="bf16", device="cpu")).encode(TEXTS)
+    assert np.sum(fp32 * bf16, axis=1).min() > 0.999
 
 
 def test_cache_identity_depends_on_pooling(tmp_path):
