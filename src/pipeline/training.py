@@ -150,7 +150,7 @@ def fit(
             started = time.perf_counter()
             model.train()
             totals = {name: 0.0 for name in loss_weights}
-            batches = _batches(windows, config.batch_size, order_rng, device)
+            batches = window_batches(windows, config.batch_size, order_rng, device)
             for inputs, targets, target_ratings in _progress(batches, show, f"epoch {epoch}"):
                 if stop is not None and stop.reason:
                     raise TrainingStopped(epoch - 1)
@@ -247,7 +247,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, order_rng: np
     )
 
 
-def _batches(windows: TrainingWindows, batch_size: int, rng: np.random.Generator, device: torch.device):
+def window_batches(windows: TrainingWindows, batch_size: int, rng: np.random.Generator, device: torch.device):
     order = rng.permutation(len(windows))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
