@@ -38,7 +38,7 @@ def train_batches(model, windows, batch_size: int, device: torch.device, limit: 
     for step, (inputs, targets, ratings) in enumerate(window_batches(windows, batch_size, np.random.default_rng(0), device)):
         if limit is not None and step >= limit:
             break
-        loss = sum(model.training_loss(inputs, targets, ratings).values())
+        loss = sum(model(inputs, targets, ratings).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 import yaml
 
+from pipeline import distributed
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, VALID, PreparedData, RawData, load_data, prepare
 from pipeline.data.load import load_interactions
@@ -44,7 +45,7 @@ BASELINE = "popularity"
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: Path | None  # None on ranks other than 0 under torchrun
     config: Config
     metrics: dict
     recommendations: pd.DataFrame
@@ -127,7 +128,11 @@ class Stages:
         self.config = config
         self.timings: dict[str, float] = {}
         self.started_at, self._started = utc_now(), time.perf_counter()
-        if resume is None:
+        if resume is not None and distributed.world_size() > 1:
+            raise PipelineInputError("--resume: not supported under torchrun; resume with a single process")
+        if not distributed.is_main():
+            self.output = RunDirectory.scratch_space()  # only rank 0 publishes
+        elif resume is None:
             self.output = RunDirectory(config.output.root, name)
             self.output.write_text("config.resolved.yaml", config.to_yaml())
         else:
@@ -170,7 +175,8 @@ class Stages:
         self.timings["total"] = elapsed(self._started)
         self.output.write_json("manifest.json", manifest(self.config, raw.source_files, data, encoding, self.timings, self.started_at))
         run_dir = self.output.commit()
-        log.info("finished in %.1fs: %s", self.timings["total"], run_dir)
+        if run_dir is not None:
+            log.info("finished in %.1fs: %s", self.timings["total"], run_dir)
         return run_dir
 
 
@@ -223,7 +229,7 @@ def run(
 
 @dataclass
 class CompareResult:
-    run_dir: Path
+    run_dir: Path | None  # None on ranks other than 0 under torchrun
     config: Config
     metrics: dict
     leaderboard: pd.DataFrame
@@ -376,7 +382,7 @@ def manifest(config: Config, source_files: list[Path], data: PreparedData, encod
 
 @dataclass
 class LoadedRun:
-    run_dir: Path
+    run_dir: Path | None  # None on ranks other than 0 under torchrun
     config: Config
     model: torch.nn.Module
     item_ids: np.ndarray  # original id per item index (position 0: padding)

@@ -71,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.nightly import EXIT_LOCK_HELD, LockHeld
     from pipeline.training import StopRequest, TrainingStopped
 
+    from pipeline import distributed
+
     args = build_parser().parse_args(argv)
-    _configure_logging(args.debug, args.quiet)
+    distributed.init_from_environment()  # under torchrun: join the other ranks
+    _configure_logging(args.debug, args.quiet or not distributed.is_main())
     _keep_freed_memory()
     args.stop = StopRequest()
     previous_handlers = _stop_on_signals(args.stop)
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
+        distributed.shutdown()
 
 
 def _stop_on_signals(stop) -> dict:
@@ -126,6 +130,8 @@ def _run(args) -> int:
     from pipeline.api import run
 
     result = run(args.config, args.overrides, progress=args.progress or None, resume=args.resume, stop=args.stop)
+    if result.run_dir is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return EXIT_OK
     test = result.metrics["splits"]["test"]
     k = result.config.eval.select_k
     for name, values in test.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import distributed
 from pipeline.config import DEFAULT_ENCODER, EncoderConfig
 from pipeline.errors import PipelineInputError
 
@@ -126,10 +127,12 @@ class EmbeddingCache:
     def get(self, key: bytes) -> np.ndarray | None:
         return self._vectors.get(key)
 
-    def add(self, keys: list[bytes], vectors: np.ndarray) -> None:
+    def add(self, keys: list[bytes], vectors: np.ndarray, persist: bool = True) -> None:
         if not keys:
             return
         self._vectors.update(zip(keys, vectors))
+        if not persist:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         shards = sorted(self.folder.glob("shard-*.npz"))
         if len(shards) >= MAX_CACHE_SHARDS:
@@ -225,10 +228,15 @@ def encode_texts(
     keys = [text_key(text) for text in texts]
     unique = dict(zip(keys, texts))
     missing = [key for key in unique if cache.get(key) is None]
+    distributed.barrier()  # every rank has read the cache before any rank adds to it
     if missing:
         encoder = encoder or TextEncoder(config)
         log.info("encoding %d texts with %s on %s (%s)", len(missing), config.model, encoder.device, encoder.dtype)
-        cache.add(missing, encoder.encode([unique[key] for key in missing], progress=progress))
+        # Under torchrun each rank encodes every world-th text and all ranks receive all vectors; rank 0 stores them.
+        vectors = distributed.map_sharded(
+            lambda rows: list(encoder.encode([unique[missing[row]] for row in rows], progress=progress)), len(missing)
+        )
+        cache.add(missing, np.stack(vectors), persist=distributed.is_main())
     stats = EncodingStats(len(texts), len(unique), len(missing), len(unique) - len(missing), identity)
     log.info("embeddings: %d unique texts, %d encoded, %d from cache", len(unique), len(missing), stats.from_cache)
     return np.stack([cache.get(key) for key in keys]).astype(np.float32), stats

@@ -15,6 +15,7 @@ import torch
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from pipeline.data.prepare import EvalCases
+from pipeline.distributed import map_sharded
 from pipeline.models.base import history_mask
 
 
@@ -94,24 +95,36 @@ def rank_users(
     model, histories: list[np.ndarray], targets: list[np.ndarray] | None, list_length: int, exclude_seen: bool,
     user_batch_size: int,
 ) -> Rankings:
-    """Score the full catalog for users in chunks; rank the targets and keep each user's top `list_length` items."""
-    ranks: list[np.ndarray] = []
-    top_items, top_scores = [], []
+    """Score the full catalog for users in chunks; rank the targets and keep each user's top `list_length` items.
+
+    Under torchrun the users are split across ranks and the results gathered, so every rank returns all of them.
+    """
+    per_user = map_sharded(
+        lambda rows: _rank_rows(model, histories, targets, rows, list_length, exclude_seen, user_batch_size), len(histories)
+    )
+    if not per_user:
+        return Rankings([], np.zeros((0, list_length), dtype=np.int64), np.zeros((0, list_length), dtype=np.float32))
+    target_ranks, top_items, top_scores = zip(*per_user)
+    return Rankings(list(target_ranks) if targets is not None else [], np.stack(top_items), np.stack(top_scores))
+
+
+def _rank_rows(model, histories, targets, rows: list[int], list_length: int, exclude_seen: bool, user_batch_size: int) -> list:
+    """(target ranks or None, top items, top scores) for each of `rows`."""
+    results = []
     start, chunk_size = 0, 1  # the first user shows the catalog size, which sets the chunk size
-    while start < len(histories):
-        chunk = histories[start : start + chunk_size]
+    while start < len(rows):
+        chunk_rows = rows[start : start + chunk_size]
+        chunk = [histories[row] for row in chunk_rows]
         scores = model.score_items(chunk).float().clone()
         scores[:, 0] = float("-inf")
         if exclude_seen:
             scores[history_mask(chunk, scores.shape[1], scores.device)] = float("-inf")
-        if targets is not None:
-            ranks.extend(_target_ranks(scores, targets[start : start + chunk_size]))
+        ranks = _target_ranks(scores, [targets[row] for row in chunk_rows]) if targets is not None else [None] * len(chunk)
         order = top_indices(scores, list_length)
-        top_items.append(order.cpu().numpy())
-        top_scores.append(scores.gather(1, order).cpu().numpy())
+        results.extend(zip(ranks, order.cpu().numpy(), scores.gather(1, order).cpu().numpy()))
         start += len(chunk)
         chunk_size = max(1, min(user_batch_size, SCORE_BUDGET // scores.shape[1]))
-    return Rankings(ranks, np.concatenate(top_items), np.concatenate(top_scores))
+    return results
 
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -180,6 +193,10 @@ def evaluate_model(
 
 
 def _in_chunks(predict, n_users: int, chunk_size: int) -> np.ndarray:
-    """Concatenate `predict(rows)` over consecutive chunks of user rows."""
-    chunks = [np.arange(start, min(start + chunk_size, n_users)) for start in range(0, n_users, chunk_size)]
-    return np.concatenate([predict(rows).float().cpu().numpy() for rows in chunks])
+    """`predict(rows)` over chunks of user rows (split across ranks under torchrun), one value per user in order."""
+
+    def predict_rows(rows: list[int]) -> list:
+        chunks = [np.array(rows[start : start + chunk_size]) for start in range(0, len(rows), chunk_size)]
+        return [value for chunk in chunks for value in predict(chunk).float().cpu().numpy()]
+
+    return np.array(map_sharded(predict_rows, n_users))

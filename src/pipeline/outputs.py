@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -39,6 +40,7 @@ class RunDirectory:
     def __init__(self, root: str | Path, name: str, partial: Path | None = None):
         self.root = Path(root)
         self.resumed = partial is not None
+        self.scratch = False
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             _remove_abandoned_partials(self.root)
@@ -55,6 +57,15 @@ class RunDirectory:
         except OSError as err:
             raise PipelineInputError(f"output.root: cannot write to {self.root}: {err.strerror}") from None
 
+    @classmethod
+    def scratch_space(cls) -> RunDirectory:
+        """For a process that must not publish (a rank other than 0 under torchrun): a private temporary folder that
+        takes the same writes and is deleted at commit."""
+        directory = cls.__new__(cls)
+        directory.root = directory.path = Path(tempfile.mkdtemp(prefix="pipeline-rank-"))
+        directory.final_path, directory.resumed, directory.scratch = None, False, True
+        return directory
+
     def file(self, name: str) -> Path:
         return self.path / name
 
@@ -69,7 +80,10 @@ class RunDirectory:
     def write_jsonl(self, name: str, rows: list[dict]) -> Path:
         return self.write_text(name, "".join(json.dumps(row, default=_json_default) + "\n" for row in rows))
 
-    def commit(self) -> Path:
+    def commit(self) -> Path | None:
+        if self.scratch:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return None
         # The epoch checkpoint (optimizer state included) only serves resuming; the finished run has its weights.
         self.file(CHECKPOINT).unlink(missing_ok=True)
         _fsync_tree(self.path)
@@ -79,7 +93,7 @@ class RunDirectory:
 
     def abort(self) -> None:
         """Remove the partial folder, unless it holds an epoch checkpoint to resume from."""
-        if self.file(CHECKPOINT).is_file():
+        if self.file(CHECKPOINT).is_file() and not self.scratch:
             log.warning("kept %s: resume it with --resume %s", self.path, self.path)
             return
         shutil.rmtree(self.path, ignore_errors=True)

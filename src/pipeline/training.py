@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from pipeline import distributed
 from pipeline.config import TrainConfig
 from pipeline.data.prepare import TRAIN, PreparedData
 from pipeline.encoding import resolve_device
@@ -131,6 +133,11 @@ def fit(
     windows = training_windows(data, model.max_length, config.window_stride)
     if len(windows) == 0:
         raise ValueError("no training sequences with at least two events")
+    world = distributed.world_size()
+    # Several processes (torchrun): DistributedDataParallel averages the gradients across ranks after each backward.
+    trained = model if world == 1 else DistributedDataParallel(
+        model, device_ids=[device.index or 0] if device.type == "cuda" else None, find_unused_parameters=True
+    )
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
     loss_weights = {"item": 1.0, "category": config.category_loss_weight, "rating": config.rating_loss_weight}
@@ -150,19 +157,25 @@ def fit(
             started = time.perf_counter()
             model.train()
             totals = {name: 0.0 for name in loss_weights}
-            batches = window_batches(windows, config.batch_size, order_rng, device)
-            for inputs, targets, target_ratings in _progress(batches, show, f"epoch {epoch}"):
+            batches = window_batches(windows, config.batch_size, order_rng, device, distributed.rank(), world)
+            for inputs, targets, target_ratings in _progress(batches, show and distributed.is_main(), f"epoch {epoch}"):
                 if stop is not None and stop.reason:
                     raise TrainingStopped(epoch - 1)
                 with autocast:
-                    parts = model.training_loss(inputs, targets, target_ratings)
+                    parts = trained(inputs, targets, target_ratings)
                 loss = sum(loss_weights[name] * value for name, value in parts.items())
+                if world > 1:
+                    # Each rank's loss is a mean over its own targets; weigh it by its share of the batch's targets so
+                    # the averaged gradient is that of the mean over the whole batch, as in one process.
+                    local_targets = float((targets > 0).sum())
+                    loss = loss * (world * local_targets / distributed.sum_across_ranks(local_targets))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(parameters, max_norm=5.0)
                 optimizer.step()
                 for name, value in parts.items():
                     totals[name] += float(value.detach()) * len(inputs) / len(windows)
+            totals = {name: distributed.sum_across_ranks(value) for name, value in totals.items()}
             train_seconds = time.perf_counter() - started
 
             model.eval()
@@ -187,7 +200,7 @@ def fit(
                 state.epochs_without_gain += 1
                 if state.epochs_without_gain >= config.patience:
                     log.info("early stop after epoch %d: best valid %s %.4f", epoch, selection_metric, state.best_score)
-            if checkpoint is not None:
+            if checkpoint is not None and distributed.is_main():
                 save_checkpoint(checkpoint, state, model, optimizer, order_rng)
     finally:
         if stop is not None:
@@ -247,10 +260,20 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, order_rng: np
     )
 
 
-def window_batches(windows: TrainingWindows, batch_size: int, rng: np.random.Generator, device: torch.device):
+def window_batches(
+    windows: TrainingWindows, batch_size: int, rng: np.random.Generator, device: torch.device, rank: int = 0, world: int = 1
+):
+    """Shuffled batches of `batch_size` windows, as tensors on `device`.
+
+    Under data parallelism every rank draws the same permutation and takes every `world`-th window of each batch, so
+    `batch_size` stays the global batch and the ranks together see each window once per epoch (a final batch with
+    fewer windows than ranks is dropped so that every rank takes the same number of steps).
+    """
     order = rng.permutation(len(windows))
     for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+        if len(order[start : start + batch_size]) < world:
+            break
+        rows = order[start : start + batch_size][rank::world]
         # Trim the batch to its longest window: most users are short, so most batches are much narrower than L.
         width = int((windows.inputs[rows] > 0).sum(axis=1).max())
         inputs = torch.from_numpy(windows.inputs[rows, :width]).to(device)

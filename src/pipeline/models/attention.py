@@ -59,7 +59,8 @@ class TargetAttention(ScoringModel):
         weights = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1)
         return (weights * values).sum(-1)
 
-    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None):
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None):
+        """The training loss parts of a batch of windows (see `training.fit`)."""
         items = self.items()
         batch, length = inputs.shape
         history = self._history(inputs, items)

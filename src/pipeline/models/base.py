@@ -4,7 +4,8 @@ A model is a `torch.nn.Module` (so its state saves to safetensors the same way f
 
 - `fit_statistics(data)`: counts taken from the training split (popularity, category prior, rating means).
   Baselines are fully fitted here; a model without trainable parameters is never handed to the gradient loop.
-- `training_loss(inputs, targets, target_ratings)`: one scalar loss and its named parts, for models with parameters.
+- `forward(inputs, targets, target_ratings)`, i.e. `model(...)`: the named parts of the training loss of a batch of
+  windows, for models with parameters (so DistributedDataParallel can wrap any of them).
 - `score_items(histories)`: [users, n_items + 1] scores over the whole catalog (column 0 is padding).
 - `predict_category(histories)`: [users, n_categories] scores for the category of the next interaction.
 - `predict_rating(histories, items)`: [users] predicted rating of the given next items.

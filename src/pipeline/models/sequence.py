@@ -139,7 +139,8 @@ class SequenceRecommender(nn.Module):
         items = self.item_representations() if items is None else items
         return self.backbone(self.item_dropout(items[inputs]))
 
-    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None):
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None):
+        """The training loss parts of a batch of windows (see `training.fit`)."""
         items = self.item_representations()
         mask = targets > 0
         states = self.states(inputs, items)[mask]
