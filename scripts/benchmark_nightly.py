@@ -28,8 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = REPO / "data" / "ml-latest-small"
 
 
-def write_log_until(folder: Path, quantile: float) -> None:
+def write_log_until(folder: Path, quantile: float, max_user: int | None = None) -> int:
+    """The bundled log (of users up to `max_user`) up to a time quantile, and only the movies that log mentions.
+
+    Returns the number of movies written."""
     ratings = pd.read_csv(MOVIELENS / "ratings.csv")
+    if max_user is not None:
+        ratings = ratings[ratings["userId"] <= max_user]
     ratings = ratings[ratings["timestamp"] <= ratings["timestamp"].quantile(quantile)]
     movies = pd.read_csv(MOVIELENS / "movies.csv")
     movies = movies[movies["movieId"].isin(ratings["movieId"])]
@@ -38,6 +43,7 @@ def write_log_until(folder: Path, quantile: float) -> None:
     ratings.to_csv(folder / "ratings.csv", index=False)
     movies.to_csv(folder / "movies.csv", index=False)
     tags[tags["movieId"].isin(movies["movieId"])].to_csv(folder / "tags.csv", index=False)
+    return len(movies)
 
 
 def night_row(label: str, result, wall: float) -> dict:

@@ -10,24 +10,17 @@ import pytest
 
 from pipeline.nightly import LockHeld, nightly
 from pipeline.nightly.lock import NightLock
-from tests.conftest import MOVIELENS, REPO, tiny_config_dict, write_yaml
+from tests.conftest import REPO, tiny_config_dict, write_yaml
+
+sys.path.insert(0, str(REPO / "scripts"))
+import benchmark_nightly  # noqa: E402  (the same cut of the log as the nightly benchmark)
 
 USERS = 60
 
 
 def write_log_until(folder, quantile):
-    """The bundled log of the first USERS users up to a time quantile, and only the movies that log mentions."""
-    ratings = pd.read_csv(MOVIELENS / "ratings.csv")
-    ratings = ratings[ratings["userId"] <= USERS]
-    ratings = ratings[ratings["timestamp"] <= ratings["timestamp"].quantile(quantile)]
-    movies = pd.read_csv(MOVIELENS / "movies.csv")
-    movies = movies[movies["movieId"].isin(ratings["movieId"])]
-    tags = pd.read_csv(MOVIELENS / "tags.csv")
-    folder.mkdir(parents=True, exist_ok=True)
-    ratings.to_csv(folder / "ratings.csv", index=False)
-    movies.to_csv(folder / "movies.csv", index=False)
-    tags[tags["movieId"].isin(movies["movieId"])].to_csv(folder / "tags.csv", index=False)
-    return len(movies)
+    """The first USERS users' log up to a time quantile, and the movies it mentions (the benchmark's cut)."""
+    return benchmark_nightly.write_log_until(folder, quantile, max_user=USERS)
 
 
 @pytest.fixture(scope="module")
