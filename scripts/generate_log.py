@@ -41,7 +41,12 @@ def generate(events: int, users: int, items: int, seed: int = 0) -> tuple[pd.Dat
     elapsed = np.cumsum(gaps)
     # Restart the running sum at each user's first event: subtract the sum reached before it.
     offset = np.maximum.accumulate(np.where(first_of_user, elapsed - gaps, 0.0))
-    timestamp = user_start[user] + (elapsed - offset).astype(np.int64)
+    since_start = elapsed - offset
+    # Heavy users would run for centuries: squeeze each user's timeline into what is left of the two-year window.
+    span = np.ones(users)
+    np.maximum.at(span, user, since_start)
+    squeeze = np.minimum(1.0, (START + TWO_YEARS - user_start) / span)
+    timestamp = user_start[user] + (since_start * squeeze[user]).astype(np.int64)
     rating = np.clip(np.round(rng.normal(3.6, 1.0, events) * 2) / 2, 0.5, 5.0)
     log = pd.DataFrame({"userId": user + 1, "movieId": item + 1, "rating": rating, "timestamp": timestamp})
 

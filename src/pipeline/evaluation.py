@@ -145,17 +145,25 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _target_ranks(scores: torch.Tensor, targets: list[np.ndarray]) -> list[np.ndarray]:
-    ranks = []
+    """1-based rank of each target in its row (score descending, lower index first on ties); inf when removed.
+
+    Computed for blocks of (row, target) pairs at once, each block no larger than `scores`, so memory stays within
+    the scoring chunk's bound however many targets a user has.
+    """
+    counts = np.array([len(items) for items in targets])
+    pair_rows = torch.from_numpy(np.repeat(np.arange(len(targets)), counts)).to(scores.device)
+    pair_items = torch.as_tensor(np.concatenate(targets).astype(np.int64), device=scores.device)
     item_index = torch.arange(scores.shape[1], device=scores.device)
-    for row, items in enumerate(targets):
-        items_t = torch.as_tensor(items, dtype=torch.long, device=scores.device)
-        target_scores = scores[row, items_t].unsqueeze(1)
-        row_scores = scores[row].unsqueeze(0)
-        ahead = (row_scores > target_scores) | ((row_scores == target_scores) & (item_index < items_t.unsqueeze(1)))
+    ranks = []
+    for start in range(0, len(pair_rows), len(scores)):
+        rows, items = pair_rows[start : start + len(scores)], pair_items[start : start + len(scores)]
+        target_scores = scores[rows, items].unsqueeze(1)
+        row_scores = scores.index_select(0, rows)
+        ahead = (row_scores > target_scores) | ((row_scores == target_scores) & (item_index < items.unsqueeze(1)))
         rank = ahead.sum(dim=1).double() + 1.0
         rank[torch.isinf(target_scores.squeeze(1))] = float("inf")
         ranks.append(rank.cpu().numpy())
-    return ranks
+    return np.split(np.concatenate(ranks), np.cumsum(counts)[:-1])
 
 
 @torch.inference_mode()
