@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.cli import keep_freed_memory
 from pipeline.config import ModelConfig
 from pipeline.evaluation import rank_users
 from pipeline.models import build_model
@@ -50,6 +51,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("benchmark_evaluation.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # As `python -m pipeline` does: without it glibc's moving mmap threshold fragments the heap chunk after chunk
+    # (measured: +15 MB per chunk of 33 users at 1M items, instead of flat).
+    keep_freed_memory()
 
     rng = np.random.default_rng(0)
     config = ModelConfig(name="transformer", item_representation="id", hidden_size=64, num_layers=2, num_heads=2, max_length=50)

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 import yaml
 
+from pipeline.cli import keep_freed_memory
 from pipeline.nightly import nightly
 from pipeline.outputs import markdown_table
 
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("benchmark_nightly.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # the allocator setting `python -m pipeline` runs with
 
     work = args.work or Path(tempfile.mkdtemp(prefix="benchmark_nightly_"))
     config = yaml.safe_load(args.config.read_text(encoding="utf-8"))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.cli import keep_freed_memory
 from pipeline.api import encode
 from pipeline.config import load_config
 from pipeline.data import load_data, prepare
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("benchmark_training.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # the allocator setting `python -m pipeline` runs with
     device = torch.device(args.device)
 
     config = load_config(args.config)

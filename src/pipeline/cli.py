@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     distributed.init_from_environment()  # under torchrun: join the other ranks
     _configure_logging(args.debug, args.quiet or not distributed.is_main())
-    _keep_freed_memory()
+    keep_freed_memory()
     args.stop = StopRequest()
     previous_handlers = _stop_on_signals(args.stop)
     try:
@@ -198,7 +198,7 @@ def _recommend(args) -> int:
 COMMANDS = {"run": _run, "compare": _compare, "nightly": _nightly, "validate": _validate, "recommend": _recommend}
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Stop glibc from returning every large freed block to the OS.
 
     Each training step allocates and frees logits of batch x catalog floats; by default glibc serves those with
