@@ -56,12 +56,15 @@ def main() -> None:
         clock["since"] = time.perf_counter()
         return metrics
 
-    fit(model, data, config.train, validate, selection_metric(config), config.seed, progress=False)
+    history = fit(model, data, config.train, validate, selection_metric(config), config.seed, progress=False)
+    selected = max(range(len(history)), key=lambda epoch: history[epoch][f"valid_{selection_metric(config)}"])
+    final_test = evaluate(model, data, config, "test")[0]  # the best-validation weights, as a run ships them
     reached = next((row for row in timeline if row["test_ndcg@10"] >= args.reference_ndcg), None)
     result = {
         "config": str(args.config), "overrides": args.overrides, "threads": args.threads, "torch_threads": torch.get_num_threads(),
         "reference_ndcg@10": args.reference_ndcg, "reference_seconds": args.reference_seconds, "timeline": timeline,
-        "reached": reached,
+        "reached": reached, "selected_epoch": selected + 1,
+        "selected_test": {name: round(final_test[name], 4) for name in ("ndcg@10", "hit_rate@10", "mrr@10")},
         "speedup": None if reached is None else round(args.reference_seconds / reached["training_seconds"], 1),
     }
     if reached is None:
@@ -70,6 +73,7 @@ def main() -> None:
     else:
         print(f"reached test NDCG@10 {reached['test_ndcg@10']} >= {args.reference_ndcg} after {reached['training_seconds']} s "
               f"(epoch {reached['epoch']}); RecBole: {args.reference_seconds:.0f} s -> {result['speedup']}x")
+    print(f"shipped model (best validation epoch {selected + 1}): test {result['selected_test']}")
     args.output.write_text(json.dumps(result, indent=2) + "\n")
 
 
