@@ -131,3 +131,17 @@ def test_cached_item_representations_follow_weight_updates():
     with torch.inference_mode():
         after = representation()
     assert torch.allclose(after[2], before[2] + 1.0) and torch.allclose(after[3], before[3])
+
+
+def test_learning_rate_schedule_warms_up_then_decays_to_zero():
+    from pipeline.config import TrainConfig
+    from pipeline.training import learning_rate_factor
+
+    # 4 epochs of 10 steps, 1 warm-up epoch: steps 0-9 climb to 1, then a cosine over the remaining 30 steps.
+    cosine = learning_rate_factor(TrainConfig(epochs=4, lr_schedule="cosine", warmup_epochs=1), steps_per_epoch=10)
+    assert [cosine(step) for step in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert cosine(10) == pytest.approx(1.0)
+    assert cosine(25) == pytest.approx(0.5)  # halfway through the decay
+    assert cosine(40) == pytest.approx(0.0, abs=1e-12)
+    constant = learning_rate_factor(TrainConfig(epochs=4), steps_per_epoch=10)
+    assert {constant(step) for step in range(40)} == {1.0}

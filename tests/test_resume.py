@@ -21,7 +21,11 @@ def resumable(tiny_data, embedding_cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     config = tiny_config_dict(
         tiny_data, root / "runs", embedding_cache,
-        train={"epochs": EPOCHS, "patience": EPOCHS, "batch_size": 8, "learning_rate": 0.01},
+        train={
+            "epochs": EPOCHS, "patience": EPOCHS, "batch_size": 8, "learning_rate": 0.01,
+            # A schedule whose position must be restored too: a resumed run at the wrong step would diverge.
+            "lr_schedule": "cosine", "warmup_epochs": 1,
+        },
         eval={"ks": [10, 50], "select_k": 50},
     )
     uninterrupted = pipeline.run(config, overrides=[f"output.root={root / 'reference'}"])

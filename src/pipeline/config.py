@@ -151,6 +151,10 @@ class TrainConfig(Section):
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    # constant, or cosine decay from learning_rate to 0 over `epochs` after a linear warm-up of `warmup_epochs`:
+    # a decaying rate settles the weights instead of letting validation scores swing from epoch to epoch.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0)
     # Epochs without a better validation NDCG@eval.select_k before stopping.
     patience: int = Field(5, ge=1)
     # Training windows end every this many events (None: model.max_length, no overlap). Smaller strides give each

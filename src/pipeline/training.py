@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -139,6 +140,8 @@ def fit(
         model, device_ids=[device.index or 0] if device.type == "cuda" else None, find_unused_parameters=True
     )
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(windows) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
     loss_weights = {"item": 1.0, "category": config.category_loss_weight, "rating": config.rating_loss_weight}
     order_rng = np.random.default_rng(seed)
@@ -146,7 +149,7 @@ def fit(
 
     state = LoopState()
     if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint, model, optimizer, order_rng)
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, order_rng)
         log.info("resumed from %s after epoch %d", checkpoint, state.epoch)
     if stop is not None:
         stop.training = True
@@ -173,6 +176,7 @@ def fit(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(parameters, max_norm=5.0)
                 optimizer.step()
+                scheduler.step()
                 for name, value in parts.items():
                     totals[name] += float(value.detach()) * len(inputs) / len(windows)
             totals = {name: distributed.sum_across_ranks(value) for name, value in totals.items()}
@@ -185,6 +189,7 @@ def fit(
                 "epoch": epoch,
                 **{f"loss_{name}": round(value, 6) for name, value in totals.items() if name in parts},
                 **{f"valid_{name}": value for name, value in valid_metrics.items()},
+                "learning_rate": optimizer.param_groups[0]["lr"],
                 "train_seconds": round(train_seconds, 3),
                 "epoch_seconds": round(time.perf_counter() - started, 3),
             }
@@ -201,7 +206,7 @@ def fit(
                 if state.epochs_without_gain >= config.patience:
                     log.info("early stop after epoch %d: best valid %s %.4f", epoch, selection_metric, state.best_score)
             if checkpoint is not None and distributed.is_main():
-                save_checkpoint(checkpoint, state, model, optimizer, order_rng)
+                save_checkpoint(checkpoint, state, model, optimizer, scheduler, order_rng)
     finally:
         if stop is not None:
             stop.training = False
@@ -221,7 +226,25 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
 
 
-def save_checkpoint(path: Path, state: LoopState, model: torch.nn.Module, optimizer, order_rng: np.random.Generator) -> None:
+def learning_rate_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of the learning rate at each optimizer step: linear warm-up, then constant or cosine to 0."""
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    total_steps = config.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if config.lr_schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1.0, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def save_checkpoint(
+    path: Path, state: LoopState, model: torch.nn.Module, optimizer, scheduler, order_rng: np.random.Generator
+) -> None:
     """Everything needed to continue exactly where this epoch ended, written to a temporary file, fsynced, renamed."""
     payload = {
         "epoch": state.epoch,
@@ -231,6 +254,7 @@ def save_checkpoint(path: Path, state: LoopState, model: torch.nn.Module, optimi
         "history": json.dumps(state.history),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
         "order_rng": json.dumps(order_rng.bit_generator.state),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -243,10 +267,11 @@ def save_checkpoint(path: Path, state: LoopState, model: torch.nn.Module, optimi
     os.replace(temporary, path)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, order_rng: np.random.Generator) -> LoopState:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, order_rng: np.random.Generator) -> LoopState:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
     order_rng.bit_generator.state = json.loads(payload["order_rng"])
     torch.set_rng_state(payload["torch_rng"])
     if payload["cuda_rng"] and torch.cuda.is_available():
