@@ -145,3 +145,46 @@ def test_learning_rate_schedule_warms_up_then_decays_to_zero():
     assert cosine(40) == pytest.approx(0.0, abs=1e-12)
     constant = learning_rate_factor(TrainConfig(epochs=4), steps_per_epoch=10)
     assert {constant(step) for step in range(40)} == {1.0}
+
+
+@pytest.mark.parametrize("name", ["transformer", "target_attention"])
+def test_items_without_training_events_borrow_their_text_twins_rows(name):
+    from pipeline.config import ModelConfig
+
+    # Items 1-4 have distinct (orthogonal) texts; item 5, never interacted with in training, has item 2's text.
+    embeddings = np.zeros((6, 8), dtype=np.float32)
+    embeddings[1:5, 1:5] = np.eye(4)
+    embeddings[5] = embeddings[2]
+    config = ModelConfig(name=name, item_representation="text+id", hidden_size=8, num_heads=2, max_length=4)
+    model = build_model(config, 5, np.eye(6, 3, dtype=np.float32), embeddings).eval()
+    with torch.no_grad():
+        model.statistics.item_counts.copy_(torch.tensor([0.0, 3, 1, 2, 5, 0]))
+        model.item_bias.copy_(torch.tensor([0.0, 0.1, 0.7, -0.3, 0.2, -9.0]))
+        model.items.id_embedding.weight.normal_()
+        history = [np.array([1, 3])]
+        scores = model.score_items(history)[0]
+        # Its own (never trained) id row and bias no longer matter: it scores as its twin.
+        assert scores[5] == pytest.approx(float(scores[2]), abs=1e-5)
+        model.items.id_embedding.weight[5] += 100.0
+        assert model.score_items(history)[0][5] == pytest.approx(float(scores[5]), abs=1e-5)
+
+        id_only = build_model(config.model_copy(update={"item_representation": "id"}), 5, np.eye(6, 3, dtype=np.float32), embeddings)
+        id_only.statistics.item_counts.copy_(model.statistics.item_counts)
+        id_only.item_bias.copy_(model.item_bias)
+        # Without text there is nothing to borrow from: the item keeps its own (low) bias.
+        id_scores = id_only.eval().score_items(history)[0]
+        assert id_scores[5] < id_scores[1:5].min()
+
+
+def test_items_without_training_events_are_not_training_negatives():
+    from pipeline.config import ModelConfig
+
+    embeddings = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    model = build_model(ModelConfig(name="transformer", hidden_size=8, num_heads=2, max_length=4), 5, np.eye(6, 3, dtype=np.float32), embeddings)
+    model.statistics.item_counts.copy_(torch.tensor([0.0, 3, 1, 2, 5, 0]))
+    model.eval()  # no dropout: two forward passes must agree
+    inputs, targets = torch.tensor([[1, 2, 3]]), torch.tensor([[2, 3, 4]])
+    before = model(inputs, targets, None)["item"]
+    with torch.no_grad():
+        model.item_bias[5] += 50.0  # would dominate the softmax if item 5 were a candidate
+    torch.testing.assert_close(model(inputs, targets, None)["item"], before)

@@ -61,10 +61,12 @@ class TargetAttention(ScoringModel):
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None):
         """The training loss parts of a batch of windows (see `training.fit`)."""
-        items = self.items()
+        items = self.items(self.statistics.item_counts)
         batch, length = inputs.shape
         history = self._history(inputs, items)
-        negatives = torch.randint(1, self.n_items + 1, (batch, length, self.negatives), device=inputs.device)
+        # Negatives among the items seen in training: the others take their text neighbours' rows when scored.
+        trained_items = torch.nonzero(self.statistics.item_counts > 0).flatten()
+        negatives = trained_items[torch.randint(len(trained_items), (batch, length, self.negatives), device=inputs.device)]
         candidates = torch.cat([targets.unsqueeze(-1), negatives], dim=-1)  # [B, L, 1 + K]
         # Position t may look at history items 0..t only.
         causal = torch.ones(length, length, dtype=torch.bool, device=inputs.device).tril()
@@ -76,7 +78,8 @@ class TargetAttention(ScoringModel):
         return {"item": nn.functional.binary_cross_entropy_with_logits(scores[mask], labels[mask])}
 
     def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
-        items = self.items()
+        items = self.items(self.statistics.item_counts)
+        item_bias = self.items.untrained_borrowing(self.statistics.item_counts).fill(self.item_bias)
         device = items.device
         chunks = []
         for start in range(0, len(histories), SCORING_CHUNK):
@@ -85,5 +88,5 @@ class TargetAttention(ScoringModel):
             visible = torch.arange(inputs.shape[1], device=device)[None, :] < lengths[:, None]  # [B, L]
             candidates = items.unsqueeze(0).expand(len(inputs), -1, -1)
             visible = visible[:, None, :].expand(-1, items.shape[0], -1)
-            chunks.append(self._attend(history, candidates, visible) + self.item_bias)
+            chunks.append(self._attend(history, candidates, visible) + item_bias)
         return torch.cat(chunks)

@@ -18,10 +18,15 @@ from torch import nn
 from pipeline.config import ModelConfig
 from pipeline.data.prepare import PreparedData
 from pipeline.models.base import TrainingStatistics, history_mask, pad_histories
+from pipeline.models.text_neighbours import TextNeighbours, text_neighbours
 
 
 class ItemRepresentation(nn.Module):
-    """[n_items + 1, width] item vectors: projected frozen text embedding, learnable id embedding, or their sum."""
+    """[n_items + 1, width] item vectors: projected frozen text embedding, learnable id embedding, or their sum.
+
+    Given the training item counts, items without training events borrow their id rows from their nearest trained
+    items by text (`text_neighbours`), so a text model can rank items it never saw being chosen.
+    """
 
     def __init__(self, item_text_embeddings: np.ndarray, width: int, uses: str):
         super().__init__()
@@ -34,23 +39,37 @@ class ItemRepresentation(nn.Module):
             with torch.no_grad():
                 self.id_embedding.weight[0].zero_()
         self._cached: tuple | None = None
+        self._borrowing: tuple | None = None
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, item_counts: torch.Tensor | None = None) -> torch.Tensor:
+        borrowing = None if item_counts is None else self.untrained_borrowing(item_counts)
         if torch.is_grad_enabled():
-            return self._compute()
+            return self._compute(borrowing)
         # Scoring calls this once per user chunk; with a large catalog the text projection dominates, so reuse it
         # until a weight changes (in-place updates bump a tensor's version; moving the model replaces the tensors).
-        key = tuple((id(tensor), tensor._version) for tensor in (*self.parameters(), *self.buffers()))
+        key = (borrowing, *((id(tensor), tensor._version) for tensor in (*self.parameters(), *self.buffers())))
         if self._cached is None or self._cached[0] != key:
-            self._cached = (key, self._compute())
+            self._cached = (key, self._compute(borrowing))
         return self._cached[1]
 
-    def _compute(self) -> torch.Tensor:
+    def untrained_borrowing(self, item_counts: torch.Tensor) -> TextNeighbours:
+        """Who borrows from whom: items with no training events from trained items (nobody without text)."""
+        key = (id(item_counts), item_counts._version, item_counts.device)
+        if self._borrowing is None or self._borrowing[0] != key:
+            trained = item_counts > 0
+            untrained = ~trained
+            untrained[0] = False  # padding
+            lenders = trained if self.text_projection is not None else torch.zeros_like(trained)
+            self._borrowing = (key, text_neighbours(self.item_text_embeddings, lenders, untrained))
+        return self._borrowing[1]
+
+    def _compute(self, borrowing: TextNeighbours | None) -> torch.Tensor:
         parts = []
         if self.text_projection is not None:
             parts.append(self.text_projection(self.item_text_embeddings))
         if self.id_embedding is not None:
-            parts.append(self.id_embedding.weight)
+            id_rows = self.id_embedding.weight
+            parts.append(id_rows if borrowing is None else borrowing.fill(id_rows))
         representation = torch.stack(parts).sum(0)
         padding = torch.ones_like(representation[:, :1])
         padding[0] = 0
@@ -132,7 +151,10 @@ class SequenceRecommender(nn.Module):
             self.item_bias.copy_(log_popularity(self.statistics.item_counts))
 
     def item_representations(self) -> torch.Tensor:
-        return self.items()
+        return self.items(self.statistics.item_counts)
+
+    def item_biases(self) -> torch.Tensor:
+        return self.items.untrained_borrowing(self.statistics.item_counts).fill(self.item_bias)
 
     def states(self, inputs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone state after every position of right-padded item indices [batch, L] -> [batch, L, width]."""
@@ -146,7 +168,9 @@ class SequenceRecommender(nn.Module):
         states = self.states(inputs, items)[mask]
         next_items = targets[mask]
         logits = self._add_repeat_bias(states @ items.T + self.item_bias, inputs, mask)
-        logits[:, 0] = float("-inf")
+        # Items without training events are never targets: as negatives they would only learn "never chosen", which
+        # buries them at scoring time, where they take their text neighbours' rows instead (padding is one of them).
+        logits = logits.masked_fill(self.statistics.item_counts == 0, float("-inf"))
         item_loss = nn.functional.cross_entropy(logits, next_items)
         category_loss = nn.functional.cross_entropy(self.category_head(states), self.item_category_weights[next_items])
         parts = {"item": item_loss, "category": category_loss}
@@ -181,7 +205,7 @@ class SequenceRecommender(nn.Module):
         return states[torch.arange(len(histories), device=device), (lengths - 1).clamp(min=0)]
 
     def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
-        scores = self.user_states(histories) @ self.item_representations().T + self.item_bias
+        scores = self.user_states(histories) @ self.item_representations().T + self.item_biases()
         return scores + self.repeat_bias * history_mask(histories, scores.shape[1], scores.device)
 
     def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:

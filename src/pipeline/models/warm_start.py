@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.models.text_neighbours import text_neighbours
+
 log = logging.getLogger("pipeline")
-
-TEXT_NEIGHBOURS = 10
-
 
 class ShapeChanged(ValueError):
     """The stored weights do not fit the new model other than through catalog rows: a full retrain is needed."""
@@ -66,7 +65,12 @@ def transplant(
                 parameter[torch.from_numpy(np.flatnonzero(known))] = source[torch.from_numpy(source_rows[known])].to(parameter)
                 is_item_table = source_rows is item_rows and parameter.dim() == 2
                 if is_item_table and item_text_embeddings is not None and (~known).any():
-                    new_from_text = _rows_from_text_neighbours(parameter, known, item_text_embeddings)
+                    lenders = torch.from_numpy(known.copy())
+                    lenders[0] = False  # padding (always "known") lends nothing
+                    embeddings = torch.as_tensor(np.asarray(item_text_embeddings, dtype=np.float32))
+                    borrowing = text_neighbours(embeddings, lenders, borrowers=torch.from_numpy(~known))
+                    parameter.copy_(borrowing.fill(parameter))
+                    new_from_text = len(borrowing.borrowers)
             elif source.shape != parameter.shape:
                 raise ShapeChanged(f"{name}: stored {tuple(source.shape)}, model {tuple(parameter.shape)}")
             else:
@@ -86,20 +90,3 @@ def _source_rows(stored_keys: list, keys: list, padding: bool) -> np.ndarray:
     if padding:
         rows[0] = 0
     return rows
-
-
-def _rows_from_text_neighbours(parameter: torch.Tensor, known: np.ndarray, item_text_embeddings: np.ndarray) -> int:
-    """Set each new item's row to the softmax(cosine)-weighted mean of its nearest known items' rows."""
-    new_items = np.flatnonzero(~known)
-    known_items = np.flatnonzero(known)[1:]  # not padding
-    if len(known_items) == 0:
-        return 0
-    embeddings = torch.from_numpy(np.asarray(item_text_embeddings, dtype=np.float32))
-    embeddings = torch.nn.functional.normalize(embeddings, dim=1)
-    similarity = embeddings[torch.from_numpy(new_items)] @ embeddings[torch.from_numpy(known_items)].T
-    top = similarity.topk(min(TEXT_NEIGHBOURS, len(known_items)), dim=1)
-    # Temperature 0.05: close neighbours dominate, distant ones barely count.
-    weights = torch.softmax(top.values / 0.05, dim=1)
-    neighbour_rows = parameter[torch.from_numpy(known_items)[top.indices]]  # [new, neighbours, width]
-    parameter[torch.from_numpy(new_items)] = torch.einsum("nk,nkw->nw", weights, neighbour_rows).to(parameter)
-    return len(new_items)
