@@ -188,3 +188,23 @@ def test_items_without_training_events_are_not_training_negatives():
     with torch.no_grad():
         model.item_bias[5] += 50.0  # would dominate the softmax if item 5 were a candidate
     torch.testing.assert_close(model(inputs, targets, None)["item"], before)
+
+
+def test_weight_average_is_an_exponential_moving_average_swapped_in_for_validation():
+    from pipeline.training import WeightAverage
+
+    weight = torch.nn.Parameter(torch.tensor([0.0, 10.0]))
+    average = WeightAverage([weight], decay=0.5)
+    expected = weight.detach().clone()
+    for value in (2.0, 4.0, 6.0):
+        with torch.no_grad():
+            weight.fill_(value)
+        average.update()
+        step = average.steps
+        decay = min(0.5, (1 + step) / (10 + step))  # still ramping: 2/11, 3/12, 4/13
+        expected = decay * expected + (1 - decay) * value
+    with average.swapped_in():
+        torch.testing.assert_close(weight.detach(), expected)
+    assert weight.tolist() == [6.0, 6.0]  # the training weights are back
+    # By hand for the first element: 0 -> 9/11*2 = 1.636 -> 0.25*1.636 + 0.75*4 = 3.409 -> 4/13*3.409 + 9/13*6 = 5.203
+    assert float(expected[0]) == pytest.approx(5.2028, abs=1e-4)

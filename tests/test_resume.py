@@ -23,8 +23,8 @@ def resumable(tiny_data, embedding_cache, tmp_path_factory):
         tiny_data, root / "runs", embedding_cache,
         train={
             "epochs": EPOCHS, "patience": EPOCHS, "batch_size": 8, "learning_rate": 0.01,
-            # A schedule whose position must be restored too: a resumed run at the wrong step would diverge.
-            "lr_schedule": "cosine", "warmup_epochs": 1,
+            # A schedule and a weight average whose state must be restored too: a resumed run would diverge otherwise.
+            "lr_schedule": "cosine", "warmup_epochs": 1, "weight_average_decay": 0.9,
         },
         eval={"ks": [10, 50], "select_k": 50},
     )

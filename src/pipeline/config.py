@@ -155,6 +155,9 @@ class TrainConfig(Section):
     # a decaying rate settles the weights instead of letting validation scores swing from epoch to epoch.
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: float = Field(0.0, ge=0)
+    # Validate and keep an exponential moving average of the weights (decay per step; 0 = the last step's weights):
+    # the average sits between the minibatch-to-minibatch swings, so epoch selection depends less on luck.
+    weight_average_decay: float = Field(0.0, ge=0, lt=1)
     # Epochs without a better validation NDCG@eval.select_k before stopping.
     patience: int = Field(5, ge=1)
     # Training windows end every this many events (None: model.max_length, no overlap). Smaller strides give each

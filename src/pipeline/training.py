@@ -6,6 +6,7 @@ which the caller fits before the loop (so a warm start can replace weights in be
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -142,6 +143,7 @@ def fit(
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = -(-len(windows) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch))
+    average = WeightAverage(parameters, config.weight_average_decay)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
     loss_weights = {"item": 1.0, "category": config.category_loss_weight, "rating": config.rating_loss_weight}
     order_rng = np.random.default_rng(seed)
@@ -149,7 +151,7 @@ def fit(
 
     state = LoopState()
     if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, order_rng)
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, average, order_rng)
         log.info("resumed from %s after epoch %d", checkpoint, state.epoch)
     if stop is not None:
         stop.training = True
@@ -177,14 +179,19 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(parameters, max_norm=5.0)
                 optimizer.step()
                 scheduler.step()
+                average.update()
                 for name, value in parts.items():
                     totals[name] += float(value.detach()) * len(inputs) / len(windows)
             totals = {name: distributed.sum_across_ranks(value) for name, value in totals.items()}
             train_seconds = time.perf_counter() - started
 
             model.eval()
-            valid_metrics = validate(model)
-            score = valid_metrics[selection_metric]
+            with average.swapped_in():  # the weights validated are the weights kept
+                valid_metrics = validate(model)
+                score = valid_metrics[selection_metric]
+                improved = score > state.best_score
+                if improved:
+                    state.best_state = copy.deepcopy(model.state_dict())
             record = {
                 "epoch": epoch,
                 **{f"loss_{name}": round(value, 6) for name, value in totals.items() if name in parts},
@@ -199,14 +206,14 @@ def fit(
                 "epoch %d: item loss %.4f, valid %s %.4f (%.1fs)",
                 epoch, totals["item"], selection_metric, score, record["epoch_seconds"],
             )
-            if score > state.best_score:
-                state.best_score, state.best_state, state.epochs_without_gain = score, copy.deepcopy(model.state_dict()), 0
+            if improved:
+                state.best_score, state.epochs_without_gain = score, 0
             else:
                 state.epochs_without_gain += 1
                 if state.epochs_without_gain >= config.patience:
                     log.info("early stop after epoch %d: best valid %s %.4f", epoch, selection_metric, state.best_score)
             if checkpoint is not None and distributed.is_main():
-                save_checkpoint(checkpoint, state, model, optimizer, scheduler, order_rng)
+                save_checkpoint(checkpoint, state, model, optimizer, scheduler, average, order_rng)
     finally:
         if stop is not None:
             stop.training = False
@@ -242,8 +249,53 @@ def learning_rate_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[
     return factor
 
 
+class WeightAverage:
+    """Exponential moving average of the trainable parameters, swapped into the model for validation.
+
+    The decay ramps up as (1 + step) / (10 + step) until it reaches `decay`, so the first steps' weights (the
+    initialisation) fade quickly. With decay 0 the average is the current weights and nothing is copied.
+    """
+
+    def __init__(self, parameters: list[torch.nn.Parameter], decay: float):
+        self.parameters = parameters
+        self.decay = decay
+        self.steps = 0
+        self.averages = [parameter.detach().clone() for parameter in parameters] if decay else []
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if not self.decay:
+            return
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(self.averages, [parameter.detach() for parameter in self.parameters], 1.0 - decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        if not self.decay:
+            yield
+            return
+        with torch.no_grad():
+            current = [parameter.detach().clone() for parameter in self.parameters]
+            torch._foreach_copy_([parameter.data for parameter in self.parameters], self.averages)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([parameter.data for parameter in self.parameters], current)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "averages": self.averages}
+
+    def load_state_dict(self, stored: dict) -> None:
+        self.steps = stored["steps"]
+        for average, value in zip(self.averages, stored["averages"]):
+            average.copy_(value)
+
+
 def save_checkpoint(
-    path: Path, state: LoopState, model: torch.nn.Module, optimizer, scheduler, order_rng: np.random.Generator
+    path: Path, state: LoopState, model: torch.nn.Module, optimizer, scheduler, average: WeightAverage,
+    order_rng: np.random.Generator,
 ) -> None:
     """Everything needed to continue exactly where this epoch ended, written to a temporary file, fsynced, renamed."""
     payload = {
@@ -255,6 +307,7 @@ def save_checkpoint(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "weight_average": average.state_dict(),
         "order_rng": json.dumps(order_rng.bit_generator.state),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -267,11 +320,14 @@ def save_checkpoint(
     os.replace(temporary, path)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, order_rng: np.random.Generator) -> LoopState:
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer, scheduler, average: WeightAverage, order_rng: np.random.Generator
+) -> LoopState:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
+    average.load_state_dict(payload["weight_average"])
     order_rng.bit_generator.state = json.loads(payload["order_rng"])
     torch.set_rng_state(payload["torch_rng"])
     if payload["cuda_rng"] and torch.cuda.is_available():
