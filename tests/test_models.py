@@ -208,3 +208,20 @@ def test_weight_average_is_an_exponential_moving_average_swapped_in_for_validati
     assert weight.tolist() == [6.0, 6.0]  # the training weights are back
     # By hand for the first element: 0 -> 9/11*2 = 1.636 -> 0.25*1.636 + 0.75*4 = 3.409 -> 4/13*3.409 + 9/13*6 = 5.203
     assert float(expected[0]) == pytest.approx(5.2028, abs=1e-4)
+
+
+def test_id_dropout_hides_whole_id_rows_in_training_only():
+    from pipeline.models.sequence import ItemRepresentation
+
+    representation = ItemRepresentation(np.random.default_rng(0).normal(size=(400, 4)).astype(np.float32), 3, "text+id")
+    with torch.no_grad():
+        representation.id_embedding.weight.fill_(5.0)
+    text_only = representation.text_projection(representation.item_text_embeddings).detach()
+    torch.manual_seed(0)
+    rows = representation(None, id_dropout=0.25).detach()[1:]
+    hidden = torch.isclose(rows, text_only[1:]).all(1)
+    kept = torch.isclose(rows, text_only[1:] + 5.0).all(1)
+    assert bool((hidden ^ kept).all())  # each item either keeps its whole id row or loses it
+    assert 0.18 < hidden.float().mean() < 0.32
+    with torch.no_grad():
+        torch.testing.assert_close(representation()[1:], text_only[1:] + 5.0)

@@ -129,6 +129,9 @@ class ModelConfig(Section):
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(2, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # Share of items whose id rows are hidden in each training batch (text + id models): those items are read
+    # through their text alone, so the text path learns to stand on its own, as it must for items never trained.
+    id_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     max_length: int = Field(50, ge=2)
     # Collaborative filtering: similar items (item_cf) or users (user_cf) kept per item or user.
     neighbours: int = Field(100, ge=1)

@@ -41,10 +41,11 @@ class ItemRepresentation(nn.Module):
         self._cached: tuple | None = None
         self._borrowing: tuple | None = None
 
-    def forward(self, item_counts: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, item_counts: torch.Tensor | None = None, id_dropout: float = 0.0) -> torch.Tensor:
+        """With `id_dropout` (training), that share of the items, drawn afresh, has its id rows hidden."""
         borrowing = None if item_counts is None else self.untrained_borrowing(item_counts)
         if torch.is_grad_enabled():
-            return self._compute(borrowing)
+            return self._compute(borrowing, id_dropout)
         # Scoring calls this once per user chunk; with a large catalog the text projection dominates, so reuse it
         # until a weight changes (in-place updates bump a tensor's version; moving the model replaces the tensors).
         key = (borrowing, *((id(tensor), tensor._version) for tensor in (*self.parameters(), *self.buffers())))
@@ -63,13 +64,16 @@ class ItemRepresentation(nn.Module):
             self._borrowing = (key, text_neighbours(self.item_text_embeddings, lenders, untrained))
         return self._borrowing[1]
 
-    def _compute(self, borrowing: TextNeighbours | None) -> torch.Tensor:
+    def _compute(self, borrowing: TextNeighbours | None, id_dropout: float = 0.0) -> torch.Tensor:
         parts = []
         if self.text_projection is not None:
             parts.append(self.text_projection(self.item_text_embeddings))
         if self.id_embedding is not None:
-            id_rows = self.id_embedding.weight
-            parts.append(id_rows if borrowing is None else borrowing.fill(id_rows))
+            id_rows = self.id_embedding.weight if borrowing is None else borrowing.fill(self.id_embedding.weight)
+            if id_dropout and self.text_projection is not None:
+                kept = torch.rand(len(id_rows), 1, device=id_rows.device) >= id_dropout
+                id_rows = id_rows * kept
+            parts.append(id_rows)
         representation = torch.stack(parts).sum(0)
         padding = torch.ones_like(representation[:, :1])
         padding[0] = 0
@@ -128,6 +132,7 @@ class SequenceRecommender(nn.Module):
         n_rows = item_text_embeddings.shape[0]
         width = config.hidden_size
         self.max_length = config.max_length
+        self.id_dropout = config.id_dropout
         self.statistics = TrainingStatistics(n_rows - 1, category_matrix.shape[1])
         self.register_buffer("item_category_weights", torch.as_tensor(category_matrix, dtype=torch.float32))
         self.items = ItemRepresentation(item_text_embeddings, width, config.item_representation)
@@ -163,7 +168,7 @@ class SequenceRecommender(nn.Module):
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None):
         """The training loss parts of a batch of windows (see `training.fit`)."""
-        items = self.item_representations()
+        items = self.items(self.statistics.item_counts, self.id_dropout if self.training else 0.0)
         mask = targets > 0
         states = self.states(inputs, items)[mask]
         next_items = targets[mask]
