@@ -131,6 +131,29 @@ def test_logistic_regression_learns_the_category_habit(tmp_path):
     assert (predicted == np.array(truth)).mean() > 0.9
 
 
+def test_classifier_ranks_items_by_category_share_of_popularity(tmp_path):
+    # Training events: kind A items 10 (x3) and 11 (x1), kind B item 20 (x2); the last two events per user are held out.
+    sequences = {1: [10, 20, 21, 22], 2: [10, 11, 20, 21, 22], 3: [10, 21, 22]}
+    rows = [f"{user},{item},{t}" for user, items in sequences.items() for t, item in enumerate(items)]
+    items = tmp_path / "items.csv"
+    pd.DataFrame({"id": [10, 11, 20, 21, 22], "title": ["x"] * 5, "cat": ["A", "A", "B", "B", "B"]}).to_csv(items, index=False)
+    config = config_for(write_log(tmp_path, rows), items)
+    data = prepare(load_data(config.data), config.data)
+    model = build_model(ModelConfig(name="logistic_regression"), data.n_items, data.category_matrix(), None)
+    model.fit_statistics(data)
+    counts = {item: model.statistics.item_counts[index_of(data, item)].item() for item in (10, 11, 20)}
+    assert counts == {10: 3.0, 11: 1.0, 20: 2.0}
+    category_a = list(data.category_names).index("A")
+    interests = torch.tensor([[0.0, 0.0]])
+    interests[0, category_a], interests[0, 1 - category_a] = 0.6, 0.4
+    model.predict_category = lambda histories: interests
+    scores = model.score_items([np.array([index_of(data, 10)])])[0]
+    # P(item | user) = P(A) * 3/4 for item 10, P(A) * 1/4 for 11, P(B) * 2/2 for 20 (B's only trained item).
+    assert scores[index_of(data, 10)].item() == pytest.approx(0.6 * 3 / 4, abs=1e-5)
+    assert scores[index_of(data, 11)].item() == pytest.approx(0.6 * 1 / 4, abs=1e-5)
+    assert scores[index_of(data, 20)].item() == pytest.approx(0.4, abs=1e-5)
+
+
 def test_cold_items_only_appear_in_test(tiny_config):
     tiny_config["data"]["cold_item_fraction"] = 0.3
     config = load_config(tiny_config)

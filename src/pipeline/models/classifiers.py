@@ -2,8 +2,9 @@
 
 Features of a history: its recency-decayed category histogram and, when text embeddings are available, its
 recency-decayed mean item text embedding. Target: the category of the next interaction (an item with several
-categories gives one sample per category, weighted 1/count). Items are ranked by the predicted probability of their
-categories, popularity breaking ties.
+categories gives one sample per category, weighted 1/count). Items are ranked by
+P(item | user) = sum over categories c of P(c | user) * P(item | c), P(item | c) being the item's share of the training
+events in c: popularity re-weighted by the predicted interests, instead of every item of a genre ranked alike.
 """
 
 from __future__ import annotations
@@ -92,4 +93,6 @@ class CategoryClassifier(ScoringModel):
         return probabilities
 
     def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
-        return self.break_ties_by_popularity(self.predict_category(histories) @ self.item_category_weights.T)
+        counts, category_events = self.statistics.item_counts, self.statistics.category_prior
+        interest_per_event = self.predict_category(histories) / category_events.clamp(min=1e-12)
+        return self.break_ties_by_popularity(counts * (interest_per_event @ self.item_category_weights.T))
