@@ -172,10 +172,11 @@ class SequenceRecommender(nn.Module):
         mask = targets > 0
         states = self.states(inputs, items)[mask]
         next_items = targets[mask]
-        logits = self._add_repeat_bias(states @ items.T + self.item_bias, inputs, mask)
         # Items without training events are never targets: as negatives they would only learn "never chosen", which
         # buries them at scoring time, where they take their text neighbours' rows instead (padding is one of them).
-        logits = logits.masked_fill(self.statistics.item_counts == 0, float("-inf"))
+        biases = self.item_bias.masked_fill(self.statistics.item_counts == 0, float("-inf"))
+        # [targets, catalog] is the largest tensor of a step: written once by addmm, then only changed in place.
+        logits = self._add_repeat_bias(torch.addmm(biases.to(states.dtype), states, items.T.to(states.dtype)), inputs, mask)
         item_loss = nn.functional.cross_entropy(logits, next_items)
         category_loss = nn.functional.cross_entropy(self.category_head(states), self.item_category_weights[next_items])
         parts = {"item": item_loss, "category": category_loss}
@@ -197,7 +198,8 @@ class SequenceRecommender(nn.Module):
         # An item seen twice in a window still gets the bias once.
         flat = torch.unique(pair_rows[keep] * logits.shape[1] + pair_items[keep])
         bias = self.repeat_bias.to(logits.dtype).expand(len(flat))  # logits are bf16 under CUDA autocast
-        return logits.flatten().index_add(0, flat, bias).view_as(logits)
+        logits.view(-1).index_add_(0, flat, bias)
+        return logits
 
     def _rating(self, states: torch.Tensor, item_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         offset = self.rating_head(torch.cat([states, item_vectors], dim=-1)).squeeze(-1)
