@@ -90,6 +90,11 @@ def test_compare_writes_one_leaderboard(tiny_config):
     assert set(board["model"]) == expected
     assert {"test_ndcg@10", "test_hit_rate@10", "test_mrr@10", "test_accuracy", "test_f1", "test_mae", "test_coverage", "train_seconds"} <= set(board.columns)
     assert board["test_ndcg@10"].is_monotonic_decreasing
+    # Seen items are excluded by default; the leaderboard also carries RecBole's protocol, where they stay ranked:
+    # excluding can only move a held-out (unseen) item up, so it never scores lower.
+    assert (board["test_hit_rate@10"] >= board["test_hit_rate@10_seen_kept"]).all()
+    assert (board["test_ndcg@10"] >= board["test_ndcg@10_seen_kept"] - 1e-12).all()
+    assert (board["test_hit_rate@10"] > board["test_hit_rate@10_seen_kept"]).any()
     assert (result.run_dir / "leaderboard.md").read_text().startswith("# Leaderboard")
     assert pd.read_csv(result.run_dir / "leaderboard.csv")["model"].tolist() == board["model"].tolist()
     assert sum(result.metrics["fusion_weights"].values()) == pytest.approx(1.0)

@@ -310,6 +310,14 @@ def _leaderboard_row(label: str, model, data: PreparedData, config: Config, metr
     row.update({f"test_{name}": value for name, value in metrics["splits"][TEST][label].items()})
     row["train_seconds"] = train_seconds
     row["test_eval_seconds"] = elapsed(started)
+    # The other protocol's headline numbers too: RecBole keeps a user's earlier items among the candidates of
+    # sequential models, the product removes them; one training, both comparisons.
+    flipped = not config.eval.exclude_seen
+    other = config.model_copy(update={"eval": config.eval.model_copy(update={"exclude_seen": flipped})})
+    other_metrics, _ = evaluate(model, data, other, TEST)
+    suffix = "seen_excluded" if flipped else "seen_kept"
+    for name in (f"hit_rate@{config.eval.select_k}", f"ndcg@{config.eval.select_k}"):
+        row[f"test_{name}_{suffix}"] = other_metrics[name]
     return row
 
 
