@@ -98,6 +98,9 @@ def test_compare_writes_one_leaderboard(tiny_config):
     assert (result.run_dir / "leaderboard.md").read_text().startswith("# Leaderboard")
     assert pd.read_csv(result.run_dir / "leaderboard.csv")["model"].tolist() == board["model"].tolist()
     assert sum(result.metrics["fusion_weights"].values()) == pytest.approx(1.0)
+    # The weight grid holds each member alone, so the fitted blend is at least as good as its best member on validation.
+    valid = board.set_index("model")["valid_ndcg@10"]
+    assert valid["fusion(item_cf+bert_content)"] >= max(valid["item_cf"], valid["bert_content"]) - 1e-9
 
 
 def test_compare_rejects_unknown_fusion_member(tiny_config):
@@ -173,3 +176,16 @@ def test_cold_items_only_appear_in_test(tiny_config):
     for model in ("transformer", "popularity"):
         assert {"cold_ndcg@10", "cold_hit_rate@10", "cold_users"} <= set(test[model])
     assert test["transformer"]["cold_users"] == sum(np.isin(data.eval_cases("test").next_items, data.cold_items))
+
+
+def test_fusion_weight_search_ranks_each_user_by_their_own_scores():
+    from pipeline.evaluation import rank_users
+    from pipeline.models.fusion import _Fixed
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.rand(5, 21, generator=generator)
+    histories = [np.array([1 + user]) for user in range(5)]
+    # The ranking asks for users in chunks (the first alone), so a row lookup by position would shift users.
+    rankings = rank_users(_Fixed(scores, histories), histories, None, 3, False, 2)
+    expected = scores[:, 1:].argsort(dim=1, descending=True)[:, :3] + 1
+    assert rankings.top_items.tolist() == expected.tolist()

@@ -59,7 +59,7 @@ class ScoreFusion(torch.nn.Module):
             if sum(steps) != WEIGHT_STEPS:
                 continue
             weights = [step / WEIGHT_STEPS for step in steps]
-            blended = _Fixed(sum(w * s for w, s in zip(weights, member_scores)))
+            blended = _Fixed(sum(w * s for w, s in zip(weights, member_scores)), cases.histories)
             ranks = rank_users(blended, cases.histories, cases.targets, k, exclude_seen, len(cases) or 1).target_ranks
             score = ranking_metrics(ranks, [k])[f"ndcg@{k}"]
             if score > best_score:
@@ -69,10 +69,14 @@ class ScoreFusion(torch.nn.Module):
 
 
 class _Fixed:
-    """Precomputed scores behind the scoring interface, for the weight search."""
+    """Precomputed scores of `histories` behind the scoring interface, for the weight search.
 
-    def __init__(self, scores: torch.Tensor):
+    The ranking asks for users in chunks (and shards under torchrun), so rows are found by the history objects.
+    """
+
+    def __init__(self, scores: torch.Tensor, histories: list[np.ndarray]):
         self.scores = scores
+        self.rows = {id(history): row for row, history in enumerate(histories)}
 
     def score_items(self, histories):
-        return self.scores[: len(histories)]
+        return self.scores[[self.rows[id(history)] for history in histories]]
