@@ -52,9 +52,13 @@ def resolve_device(device: str) -> torch.device:
 def _encoder_dtype(config: EncoderConfig, device: torch.device) -> torch.dtype:
     """bf16 where the hardware computes it natively (CUDA, or a CPU with AMX-BF16), else fp32, unless configured."""
     if config.precision == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-        return torch.bfloat16 if native else torch.float32
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     return torch.bfloat16 if config.precision == "bf16" else torch.float32
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: CUDA, or a CPU with AMX-BF16."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
 @functools.cache

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline import distributed
 from pipeline.config import TrainConfig
 from pipeline.data.prepare import TRAIN, PreparedData
-from pipeline.encoding import resolve_device
+from pipeline.encoding import native_bf16, resolve_device
 
 log = logging.getLogger("pipeline")
 
@@ -144,7 +144,7 @@ def fit(
     steps_per_epoch = -(-len(windows) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch))
     average = WeightAverage(parameters, config.weight_average_decay)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
+    autocast = training_autocast(device, config.bf16)
     loss_weights = {"item": 1.0, "category": config.category_loss_weight, "rating": config.rating_loss_weight}
     order_rng = np.random.default_rng(seed)
     show = sys.stderr.isatty() if progress is None else progress
@@ -231,6 +231,11 @@ class LoopState:
     best_state: dict | None = None
     epochs_without_gain: int = 0
     history: list[dict] = field(default_factory=list)
+
+
+def training_autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    """bf16 autocast for the training steps where the device computes bf16 natively (`train.bf16`), else a no-op."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and native_bf16(device))
 
 
 def learning_rate_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:

@@ -197,7 +197,7 @@ class SequenceRecommender(nn.Module):
         keep = (pair_rows >= 0) & (pair_items > 0)
         # An item seen twice in a window still gets the bias once.
         flat = torch.unique(pair_rows[keep] * logits.shape[1] + pair_items[keep])
-        bias = self.repeat_bias.to(logits.dtype).expand(len(flat))  # logits are bf16 under CUDA autocast
+        bias = self.repeat_bias.to(logits.dtype).expand(len(flat))  # logits are bf16 under autocast
         logits.view(-1).index_add_(0, flat, bias)
         return logits
 
