@@ -1,12 +1,13 @@
 """Training throughput on the bundled MovieLens: seconds per epoch, training sequences/s and targets/s, peak memory.
 
 For the LSTM and the Transformer on the settings of configs/movielens_transformer.yaml (width 128, 2 layers, length
-50, batch 64 windows, strided windows of 10) it times --epochs full epochs in the trainer's precision (bf16 autocast
-where the device computes bf16 natively, `train.bf16`) and, where that is bf16, as many in fp32. The reference, in the same process and on the same
-model, is RecBole's way of feeding a sequential model: every prefix of every sequence is a separate sample that
-predicts only its last item (windows of stride 1 with one target each), timed over --reference-batches batches of
-the same size and extrapolated to its epoch. Both see every training event as a target once per epoch, so the
-ratio of epoch times is the work saved by training all positions of a window in one pass.
+50, batch 64 windows, strided windows of 10) it times --epochs full epochs in fp32 and, where the device computes bf16
+natively (CUDA, AMX-BF16 CPUs), as many in bf16 autocast (`train.precision: bf16`). The reference, in the same process
+and on the same model and in the trainer's precision, is RecBole's way of feeding a sequential model: every prefix of
+every sequence is a separate sample that predicts only its last item (windows of stride 1 with one target each), timed
+over --reference-batches batches of the same size and extrapolated to its epoch. Both see every training event as a
+target once per epoch, so the ratio of epoch times is the work saved by training all positions of a window in one
+pass.
 
     .venv/bin/python scripts/benchmark_training.py --threads 2 [--epochs 2] [--models lstm transformer]
 """
@@ -28,22 +29,22 @@ from pipeline.config import load_config
 from pipeline.data import load_data, prepare
 from pipeline.models import build_model
 from pipeline.encoding import native_bf16
-from pipeline.training import training_autocast, training_windows, window_batches
+from pipeline.training import training_autocast, training_dtype, training_windows, window_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def train_batches(
-    model, windows, batch_size: int, device: torch.device, bf16: bool, limit: int | None = None
+    model, windows, batch_size: int, device: torch.device, dtype: torch.dtype, limit: int | None = None
 ) -> tuple[float, int, int]:
-    """Seconds, windows and targets for one pass (or `limit` batches) of AdamW steps, in the trainer's precision."""
+    """Seconds, windows and targets for one pass (or `limit` batches) of AdamW steps computed in `dtype`."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     started, seen_windows, seen_targets = time.perf_counter(), 0, 0
     for step, (inputs, targets, ratings) in enumerate(window_batches(windows, batch_size, np.random.default_rng(0), device)):
         if limit is not None and step >= limit:
             break
-        with training_autocast(device, bf16):
+        with training_autocast(device, dtype):
             loss = sum(model(inputs, targets, ratings).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -80,27 +81,28 @@ def main() -> None:
         windows = training_windows(data, model_config.max_length, config.train.window_stride)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        bf16 = config.train.bf16 and native_bf16(device)
-
-        def epoch_seconds(in_bf16: bool) -> tuple[float, int, int]:
-            runs = [train_batches(model, windows, config.train.batch_size, device, in_bf16) for _ in range(args.epochs)]
-            return float(np.median([seconds for seconds, _, _ in runs])), runs[0][1], runs[0][2]
-
-        epoch, n_windows, n_targets = epoch_seconds(bf16)
-        # The same steps in fp32, where the trainer uses bf16: what the mixed precision saves.
-        fp32_epoch = epoch_seconds(False)[0] if bf16 else epoch
+        dtypes = [torch.float32, torch.bfloat16] if native_bf16(device) else [torch.float32]
+        epoch_seconds = {}
+        for dtype in dtypes:
+            runs = [train_batches(model, windows, config.train.batch_size, device, dtype) for _ in range(args.epochs)]
+            epoch_seconds[dtype] = float(np.median([seconds for seconds, _, _ in runs]))
+            _, n_windows, n_targets = runs[0]
+        trainer_dtype = training_dtype(device, config.train.precision)
+        epoch = epoch_seconds[trainer_dtype]
+        bf16_epoch = epoch_seconds.get(torch.bfloat16)
 
         prefixes = training_windows(data, model_config.max_length, stride=1)
         seconds, reference_windows, _ = train_batches(
-            model, prefixes, config.train.batch_size, device, bf16, args.reference_batches
+            model, prefixes, config.train.batch_size, device, trainer_dtype, args.reference_batches
         )
         reference_epoch = seconds / reference_windows * len(prefixes)
         rows.append({
             "model": name, "width": model_config.hidden_size, "layers": model_config.num_layers,
             "max_length": model_config.max_length, "batch_size": config.train.batch_size,
             "window_stride": config.train.window_stride, "threads": args.threads, "device": str(device),
-            "precision": "bf16" if bf16 else "fp32", "seconds_per_epoch": round(epoch, 2),
-            "fp32_seconds_per_epoch": round(fp32_epoch, 2), "speedup_vs_fp32": round(fp32_epoch / epoch, 2),
+            "precision": str(trainer_dtype).removeprefix("torch."), "seconds_per_epoch": round(epoch, 2),
+            "bf16_seconds_per_epoch": None if bf16_epoch is None else round(bf16_epoch, 2),
+            "bf16_speedup": None if bf16_epoch is None else round(epoch_seconds[torch.float32] / bf16_epoch, 2),
             "windows_per_epoch": n_windows, "targets_per_epoch": n_targets,
             "windows_per_s": round(n_windows / epoch, 1), "targets_per_s": round(n_targets / epoch, 1),
             "prefix_samples_per_epoch": len(prefixes), "prefix_reference_seconds_per_epoch": round(reference_epoch, 1),
@@ -110,10 +112,10 @@ def main() -> None:
         })
         print(json.dumps(rows[-1]), flush=True)
 
-    print(f"\n{'model':<12}{'precision':>10}{'s/epoch':>9}{'fp32 s/epoch':>14}{'windows/s':>11}{'targets/s':>11}"
+    print(f"\n{'model':<12}{'precision':>10}{'s/epoch':>9}{'bf16 s/epoch':>14}{'windows/s':>11}{'targets/s':>11}"
           f"{'prefix-sample s/epoch':>23}{'speedup':>9}{'peak RSS GiB':>14}")
     for row in rows:
-        print(f"{row['model']:<12}{row['precision']:>10}{row['seconds_per_epoch']:>9}{row['fp32_seconds_per_epoch']:>14}"
+        print(f"{row['model']:<12}{row['precision']:>10}{row['seconds_per_epoch']:>9}{str(row['bf16_seconds_per_epoch']):>14}"
               f"{row['windows_per_s']:>11}{row['targets_per_s']:>11}"
               f"{row['prefix_reference_seconds_per_epoch']:>23}{row['speedup_vs_prefix_samples']:>8}x{row['peak_rss_gib']:>14}")
     args.output.write_text(json.dumps(rows, indent=2) + "\n")

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline import distributed
 from pipeline.config import TrainConfig
 from pipeline.data.prepare import TRAIN, PreparedData
-from pipeline.encoding import native_bf16, resolve_device
+from pipeline.encoding import resolve_device
 
 log = logging.getLogger("pipeline")
 
@@ -144,7 +144,7 @@ def fit(
     steps_per_epoch = -(-len(windows) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch))
     average = WeightAverage(parameters, config.weight_average_decay)
-    autocast = training_autocast(device, config.bf16)
+    autocast = training_autocast(device, training_dtype(device, config.precision))
     loss_weights = {"item": 1.0, "category": config.category_loss_weight, "rating": config.rating_loss_weight}
     order_rng = np.random.default_rng(seed)
     show = sys.stderr.isatty() if progress is None else progress
@@ -233,9 +233,15 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
 
 
-def training_autocast(device: torch.device, bf16: bool) -> torch.autocast:
-    """bf16 autocast for the training steps where the device computes bf16 natively (`train.bf16`), else a no-op."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and native_bf16(device))
+def training_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The compute dtype of the training steps for `train.precision` (auto: bf16 on CUDA, fp32 on CPU)."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def training_autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
+    """bf16 autocast around the forward pass, or a no-op for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
 
 
 def learning_rate_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
