@@ -77,7 +77,7 @@ class TargetAttention(ScoringModel):
         mask = (targets > 0).unsqueeze(-1).expand_as(scores)
         return {"item": nn.functional.binary_cross_entropy_with_logits(scores[mask], labels[mask])}
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         items = self.items(self.statistics.item_counts)
         item_bias = self.items.untrained_borrowing(self.statistics.item_counts).fill(self.item_bias)
         device = items.device

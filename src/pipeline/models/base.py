@@ -6,7 +6,9 @@ A model is a `torch.nn.Module` (so its state saves to safetensors the same way f
   Baselines are fully fitted here; a model without trainable parameters is never handed to the gradient loop.
 - `forward(inputs, targets, target_ratings)`, i.e. `model(...)`: the named parts of the training loss of a batch of
   windows, for models with parameters (so DistributedDataParallel can wrap any of them).
-- `score_items(histories)`: [users, n_items + 1] scores over the whole catalog (column 0 is padding).
+- `score_items(histories)`: [users, n_items + 1] scores over the whole catalog (column 0 is padding). Items already in
+  a user's history are scored too: whether people come back to an item is learned from the training data (a
+  repeat bias, or `rank_seen_last` where the training log shows nobody does), not assumed by the evaluator.
 - `predict_category(histories)`: [users, n_categories] scores for the category of the next interaction.
 - `predict_rating(histories, items)`: [users] predicted rating of the given next items.
 - `max_length`: how many of the most recent history items the model reads.
@@ -41,8 +43,29 @@ def history_mask(histories: list[np.ndarray], n_columns: int, device: torch.devi
     return mask
 
 
+# Below this share of training events that return to an item already in the user's history, people are taken not to
+# come back (MovieLens: 0, nobody rates a movie twice).
+REPEAT_SHARE_FLOOR = 0.01
+
+
+def rank_seen_last(scores: torch.Tensor, histories: list[np.ndarray], repeat_share: torch.Tensor) -> torch.Tensor:
+    """`scores` with each user's seen items moved below all unseen ones (order among them kept) when repeats are rare.
+
+    For models without a learned repeat bias: ranked as they are, a user's own items score highest by similarity
+    and would fill a list nobody wants where users never repeat (RecBole's protocol keeps them in the ranking).
+    """
+    if float(repeat_share) >= REPEAT_SHARE_FLOOR:
+        return scores
+    seen = history_mask(histories, scores.shape[1], scores.device)
+    seen[:, 0] = False  # padding
+    real = scores[:, 1:]
+    span = (real.amax(dim=1, keepdim=True) - real.amin(dim=1, keepdim=True)).clamp(min=1e-6)
+    # The best seen item lands a full span below the worst unseen one.
+    return torch.where(seen, scores - 2 * span, scores)
+
+
 class TrainingStatistics(torch.nn.Module):
-    """Counts every model starts from: item popularity, category prior and damped item rating means."""
+    """Counts every model starts from: item popularity, category prior, damped item rating means, repeat share."""
 
     # Pseudo-count pulling an item's mean rating toward the global mean: few ratings, little trust.
     RATING_DAMPING = 10.0
@@ -53,6 +76,8 @@ class TrainingStatistics(torch.nn.Module):
         self.register_buffer("category_prior", torch.zeros(n_categories))
         self.register_buffer("item_rating_means", torch.zeros(n_items + 1))
         self.register_buffer("global_rating_mean", torch.zeros(()))
+        # Share of training events (after each user's first) whose item the user had already interacted with.
+        self.register_buffer("repeat_share", torch.zeros(()))
 
     @torch.no_grad()
     def fit(self, data: PreparedData) -> None:
@@ -62,6 +87,9 @@ class TrainingStatistics(torch.nn.Module):
         counts[0] = 0
         self.item_counts.copy_(counts)
         self.category_prior.copy_(counts @ torch.from_numpy(data.category_matrix()))
+        could_repeat = len(train) - train["user"].nunique()
+        repeats = int(train.duplicated(["user", "item"]).sum())
+        self.repeat_share.fill_(repeats / could_repeat if could_repeat else 0.0)
         if data.has_ratings:
             ratings = torch.from_numpy(train["rating"].to_numpy(copy=True)).float()
             global_mean = ratings.mean()
@@ -111,6 +139,13 @@ class ScoringModel(torch.nn.Module):
             if stored is not None:
                 setattr(self, name, torch.empty_like(stored))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return rank_seen_last(self.catalog_scores(histories), histories, self.statistics.repeat_share)
+
+    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """[users, n_items + 1] the model's own scores, before `rank_seen_last`."""
+        raise NotImplementedError
 
     def break_ties_by_popularity(self, scores: torch.Tensor) -> torch.Tensor:
         """Add popularity at a scale far below any real score difference: users with no signal still get a list."""

@@ -92,7 +92,7 @@ class CategoryClassifier(ScoringModel):
         probabilities[:, self.forest.classes_] = torch.as_tensor(self.forest.predict_proba(features.numpy()), dtype=torch.float32)
         return probabilities
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         counts, category_events = self.statistics.item_counts, self.statistics.category_prior
         interest_per_event = self.predict_category(histories) / category_events.clamp(min=1e-12)
         return self.break_ties_by_popularity(counts * (interest_per_event @ self.item_category_weights.T))

@@ -22,7 +22,7 @@ class BertContent(ScoringModel):
         self.half_life = half_life
         self.register_buffer("item_vectors", torch.nn.functional.normalize(torch.as_tensor(item_text_embeddings, dtype=torch.float32), dim=1))
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         profiles = recency_weights(histories, self.max_length, self.half_life, self.n_items) @ self.item_vectors
         scores = torch.nn.functional.normalize(profiles, dim=1) @ self.item_vectors.T
         return self.break_ties_by_popularity(scores)
@@ -47,7 +47,7 @@ class TfidfContent(ScoringModel):
         self.tfidf_indices = torch.from_numpy(matrix.indices.astype(np.int64))
         self.tfidf_values = torch.from_numpy(matrix.data.astype(np.float32))
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         indices = self.tfidf_indices.numpy()
         width = int(indices.max()) + 1 if len(indices) else 1
         items = sp.csr_matrix((self.tfidf_values.numpy(), indices, self.tfidf_indptr.numpy()), shape=(self.n_items + 1, width))

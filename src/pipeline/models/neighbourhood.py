@@ -37,6 +37,7 @@ def _unit_columns(matrix: sp.csr_matrix) -> sp.csr_matrix:
 class ItemCF(ScoringModel):
     def __init__(self, n_items: int, category_matrix: np.ndarray, max_length: int, neighbours: int):
         super().__init__(n_items, category_matrix, max_length)
+        neighbours = min(neighbours, n_items)  # a small catalog has fewer items than neighbours asked for
         self.register_buffer("neighbour_items", torch.zeros(n_items + 1, neighbours, dtype=torch.long))
         self.register_buffer("neighbour_weights", torch.zeros(n_items + 1, neighbours))
 
@@ -54,7 +55,7 @@ class ItemCF(ScoringModel):
             self.neighbour_items[start:stop] = torch.from_numpy(top)
             self.neighbour_weights[start:stop] = torch.from_numpy(np.take_along_axis(similarity, top, axis=1))
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         scores = torch.zeros(len(histories), self.n_items + 1)
         for row, history in enumerate(histories):
             recent = torch.as_tensor(np.unique(history[-self.max_length :]), dtype=torch.long)
@@ -83,7 +84,7 @@ class UserCF(ScoringModel):
         indptr = self.user_item_indptr.numpy()
         return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(indptr) - 1, self.n_items + 1))
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         train = self._training_matrix()
         queries = interaction_matrix({row: h[-self.max_length :] for row, h in enumerate(histories)}, len(histories), self.n_items)
         overlap = (queries @ train.T).toarray()

@@ -1,4 +1,4 @@
-"""Popularity: the floor every learned model must beat. Same list for every user, seen items removed later."""
+"""Popularity: the floor every learned model must beat. Same list for every user (less what they have seen)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from pipeline.data.prepare import TRAIN, PreparedData
-from pipeline.models.base import TrainingStatistics
+from pipeline.models.base import TrainingStatistics, rank_seen_last
 
 
 class PopularityModel(torch.nn.Module):
@@ -22,6 +22,9 @@ class PopularityModel(torch.nn.Module):
         self.statistics.fit(data)
 
     def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return rank_seen_last(self.catalog_scores(histories), histories, self.statistics.repeat_share)
+
+    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         return self.statistics.item_counts.unsqueeze(0).expand(len(histories), -1)
 
     def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
@@ -46,7 +49,7 @@ class RecentPopularity(PopularityModel):
         counts = np.bincount(recent["item"].to_numpy(), minlength=data.n_items + 1).astype(np.float32)
         self.recent_counts.copy_(torch.from_numpy(counts))
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         all_time = self.statistics.item_counts
         scores = self.recent_counts + all_time / (all_time.max().clamp(min=1) + 1)
         return scores.unsqueeze(0).expand(len(histories), -1)
