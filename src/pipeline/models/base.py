@@ -8,7 +8,7 @@ A model is a `torch.nn.Module` (so its state saves to safetensors the same way f
   windows, for models with parameters (so DistributedDataParallel can wrap any of them).
 - `score_items(histories)`: [users, n_items + 1] scores over the whole catalog (column 0 is padding). Items already in
   a user's history are scored too: whether people come back to an item is learned from the training data (a
-  repeat bias, or `rank_seen_last` where the training log shows nobody does), not assumed by the evaluator.
+  repeat bias; `rank_seen_last` where the training log shows nobody does), not assumed by the evaluator.
 - `predict_category(histories)`: [users, n_categories] scores for the category of the next interaction.
 - `predict_rating(histories, items)`: [users] predicted rating of the given next items.
 - `max_length`: how many of the most recent history items the model reads.

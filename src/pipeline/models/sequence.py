@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.data.prepare import PreparedData
-from pipeline.models.base import TrainingStatistics, history_mask, pad_histories
+from pipeline.models.base import TrainingStatistics, history_mask, pad_histories, rank_seen_last
 from pipeline.models.text_neighbours import TextNeighbours, text_neighbours
 
 
@@ -213,7 +213,10 @@ class SequenceRecommender(nn.Module):
 
     def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
         scores = self.user_states(histories) @ self.item_representations().T + self.item_biases()
-        return scores + self.repeat_bias * history_mask(histories, scores.shape[1], scores.device)
+        scores = scores + self.repeat_bias * history_mask(histories, scores.shape[1], scores.device)
+        # The learned repeat bias ranks seen items by how often people come back; where nobody ever did in training,
+        # the ranking says so outright, as for every other model.
+        return rank_seen_last(scores, histories, self.statistics.repeat_share)
 
     def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
         return self.category_head(self.user_states(histories))
