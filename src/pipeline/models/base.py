@@ -153,7 +153,8 @@ class ScoringModel(torch.nn.Module):
         return scores + 1e-6 * counts / counts.max().clamp(min=1)
 
     def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
-        scores = self.score_items(histories).clone()
+        # Before `rank_seen_last`: the items a user already has say as much about their taste as their next ones.
+        scores = self.catalog_scores(histories).clone()
         scores[:, 0] = float("-inf")
         top = scores.topk(min(self.CATEGORY_TOP_ITEMS, self.n_items), dim=1).indices
         rank_weights = 1.0 / torch.arange(1, top.shape[1] + 1, dtype=torch.float32)
