@@ -146,6 +146,18 @@ def test_saved_baselines_reload(tiny_config):
         assert loaded.recommend(events)["user_id"].nunique() == 25
 
 
+def test_models_saved_before_the_repeat_share_still_load(four_users):
+    data = four_users
+    model = build_model(ModelConfig(name="item_cf", neighbours=2), data.n_items, data.category_matrix(), None)
+    model.fit_statistics(data)
+    state = {name: value for name, value in model.state_dict().items() if name != "statistics.repeat_share"}
+    older = build_model(ModelConfig(name="item_cf", neighbours=2), data.n_items, data.category_matrix(), None)
+    older.load_state_dict(state)
+    assert older.statistics.repeat_share.item() == 1.0  # seen items scored as the model always scored them
+    history = [np.array([index_of(data, 11)])]
+    assert torch.equal(older.score_items(history), model.catalog_scores(history))
+
+
 def test_logistic_regression_learns_the_category_habit(tmp_path):
     # Users alternate strictly between two kinds of items: the next category is the one not seen last.
     rows = []

@@ -51,8 +51,8 @@ REPEAT_SHARE_FLOOR = 0.01
 def rank_seen_last(scores: torch.Tensor, histories: list[np.ndarray], repeat_share: torch.Tensor) -> torch.Tensor:
     """`scores` with each user's seen items moved below all unseen ones (order among them kept) when repeats are rare.
 
-    For models without a learned repeat bias: ranked as they are, a user's own items score highest by similarity
-    and would fill a list nobody wants where users never repeat (RecBole's protocol keeps them in the ranking).
+    Ranked as they are, a user's own items score highest by similarity in most models and would fill a list nobody
+    wants where users never repeat (RecBole's protocol keeps them in the ranking).
     """
     if float(repeat_share) >= REPEAT_SHARE_FLOOR:
         return scores
@@ -78,6 +78,11 @@ class TrainingStatistics(torch.nn.Module):
         self.register_buffer("global_rating_mean", torch.zeros(()))
         # Share of training events (after each user's first) whose item the user had already interacted with.
         self.register_buffer("repeat_share", torch.zeros(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Saved before the repeat share was measured: score seen items as those models did (as if people repeat).
+        state_dict.setdefault(prefix + "repeat_share", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def fit(self, data: PreparedData) -> None:
