@@ -50,8 +50,12 @@ def main() -> None:
     def validate(trained) -> dict[str, float]:
         metrics = validate_on_valid(trained)
         clock["training"] += time.perf_counter() - clock["since"]  # training + validation, as a real run spends it
-        test_ndcg = evaluate(trained, data, config, "test")[0]["ndcg@10"]
-        timeline.append({"epoch": len(timeline) + 1, "training_seconds": round(clock["training"], 1), "test_ndcg@10": round(test_ndcg, 4)})
+        test = evaluate(trained, data, config, "test")[0]
+        timeline.append({
+            "epoch": len(timeline) + 1, "training_seconds": round(clock["training"], 1),
+            f"valid_{selection_metric(config)}": round(metrics[selection_metric(config)], 4),
+            "test_ndcg@10": round(test["ndcg@10"], 4), "test_hit_rate@10": round(test["hit_rate@10"], 4),
+        })
         print(json.dumps(timeline[-1]), flush=True)
         clock["since"] = time.perf_counter()
         return metrics

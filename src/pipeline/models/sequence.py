@@ -94,7 +94,7 @@ class RecurrentBackbone(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         # Right padding: a state at position t never sees positions after t, so padding cannot leak in.
-        states, _ = self.rnn(items)
+        states, _ = self.rnn(self.dropout(items))
         return self.dropout(states)
 
 
@@ -136,7 +136,6 @@ class SequenceRecommender(nn.Module):
         self.statistics = TrainingStatistics(n_rows - 1, category_matrix.shape[1])
         self.register_buffer("item_category_weights", torch.as_tensor(category_matrix, dtype=torch.float32))
         self.items = ItemRepresentation(item_text_embeddings, width, config.item_representation)
-        self.item_dropout = nn.Dropout(config.dropout)
         if config.name == "transformer":
             self.backbone = TransformerBackbone(width, config.num_layers, config.num_heads, config.dropout, config.max_length)
         else:
@@ -164,7 +163,8 @@ class SequenceRecommender(nn.Module):
     def states(self, inputs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone state after every position of right-padded item indices [batch, L] -> [batch, L, width]."""
         items = self.item_representations() if items is None else items
-        return self.backbone(self.item_dropout(items[inputs]))
+        # Each backbone drops out its own input once (a second dropout here would hide 1 - (1 - p)^2 of it).
+        return self.backbone(items[inputs])
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None):
         """The training loss parts of a batch of windows (see `training.fit`)."""
