@@ -104,13 +104,15 @@ def test_compare_writes_one_leaderboard(tiny_config):
             {"name": "random_forest"},
             {"name": "target_attention", "negatives": 5},
         ],
-        "fusion": ["item_cf", "bert_content"],
+        # Two blends; the one-blend form, a flat list of labels, is in test_compare_rejects_unknown_fusion_member.
+        "fusion": [["item_cf", "bert_content"], ["item_cf", "user_cf", "bert_content"]],
     }
     result = pipeline.compare(tiny_config)
     board = result.leaderboard
     expected = {
         "popularity", "popularity_recent", "item_cf", "user_cf", "tfidf_content", "bert_content", "gru_text",
         "logistic_regression", "random_forest", "target_attention", "fusion(item_cf+bert_content)",
+        "fusion(item_cf+user_cf+bert_content)",
     }
     assert set(board["model"]) == expected
     assert {"test_ndcg@10", "test_hit_rate@10", "test_mrr@10", "test_accuracy", "test_f1", "test_mae", "test_coverage", "train_seconds"} <= set(board.columns)
@@ -123,10 +125,13 @@ def test_compare_writes_one_leaderboard(tiny_config):
     assert (board["test_ndcg@10"] - board["test_ndcg@10_seen_kept"]).abs().max() < 1e-12
     assert (result.run_dir / "leaderboard.md").read_text().startswith("# Leaderboard")
     assert pd.read_csv(result.run_dir / "leaderboard.csv")["model"].tolist() == board["model"].tolist()
-    assert sum(result.metrics["fusion_weights"].values()) == pytest.approx(1.0)
-    # The weight grid holds each member alone, so the fitted blend is at least as good as its best member on validation.
+    for weights in result.metrics["fusion_weights"].values():
+        assert sum(weights.values()) == pytest.approx(1.0)
+    # The weight grid holds each member alone, so the fitted blend is at least as good as its best member on validation,
+    # and a blend with one more member at least as good as the blend without it.
     valid = board.set_index("model")["valid_ndcg@10"]
     assert valid["fusion(item_cf+bert_content)"] >= max(valid["item_cf"], valid["bert_content"]) - 1e-9
+    assert valid["fusion(item_cf+user_cf+bert_content)"] >= valid["fusion(item_cf+bert_content)"] - 1e-9
 
 
 def test_compare_rejects_unknown_fusion_member(tiny_config):

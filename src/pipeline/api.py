@@ -259,13 +259,14 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
             histories.extend({"model": label, **record} for record in history)
             trained[label] = model
             rows.append(_leaderboard_row(label, model, data, config, metrics, stages.timings[f"train:{label}"]))
-        if config.compare.fusion:
-            label = "fusion(" + "+".join(config.compare.fusion) + ")"
+        metrics["fusion_weights"] = {}
+        for blend in config.compare.fusion:
+            label = "fusion(" + "+".join(blend) + ")"
             with stages.stage(f"train:{label}"):
-                fusion = ScoreFusion({member: trained[member] for member in config.compare.fusion})
+                fusion = ScoreFusion({member: trained[member] for member in blend})
                 weights = fusion.fit_weights(data.eval_cases(VALID), config.eval.select_k, config.eval.exclude_seen, config.eval.user_batch_size)
-            log.info("fusion weights fitted on validation: %s", weights)
-            metrics["fusion_weights"] = weights
+            log.info("%s weights fitted on validation: %s", label, weights)
+            metrics["fusion_weights"][label] = weights
             rows.append(_leaderboard_row(label, fusion, data, config, metrics, stages.timings[f"train:{label}"]))
         leaderboard = pd.DataFrame(rows).sort_values(f"test_{selection_metric(config)}", ascending=False, kind="stable")
         output.write_json("metrics.json", metrics)

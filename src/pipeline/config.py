@@ -196,8 +196,16 @@ class EvalConfig(Section):
 class CompareConfig(Section):
     # Each entry overrides keys of the `model` section, e.g. {name: item_cf, neighbours: 50}; `label` names the row.
     models: list[dict[str, Any]] = Field(default_factory=list)
-    # Labels of compared models whose scores are blended, with weights fitted on validation NDCG@select_k.
-    fusion: list[str] = Field(default_factory=list)
+    # Labels of compared models whose scores are blended, with weights fitted on validation NDCG@select_k; a list of
+    # such lists compares several blends, e.g. [[transformer, lstm], [transformer, lstm, gru]].
+    fusion: list[list[str]] = Field(default_factory=list)
+
+    @field_validator("fusion", mode="before")
+    @classmethod
+    def _one_blend_or_several(cls, value):
+        if isinstance(value, list) and value and all(isinstance(member, str) for member in value):
+            return [value]
+        return value
 
     @field_validator("models")
     @classmethod
@@ -216,11 +224,12 @@ class CompareConfig(Section):
         labels = [model_label(entry) for entry in self.models]
         if len(set(labels)) != len(labels):
             raise ValueError(f"compare.models: labels must be unique, got {labels}")
-        unknown = [name for name in self.fusion if name not in labels]
-        if unknown:
-            raise ValueError(f"fusion members {unknown} are not among the compared models {labels}")
-        if self.fusion and len(self.fusion) < 2:
-            raise ValueError("fusion needs at least two models")
+        for blend in self.fusion:
+            unknown = [name for name in blend if name not in labels]
+            if unknown:
+                raise ValueError(f"fusion members {unknown} are not among the compared models {labels}")
+            if len(set(blend)) < 2:
+                raise ValueError(f"fusion {blend}: needs at least two different models")
         return self
 
 
