@@ -226,3 +226,33 @@ def test_id_dropout_hides_whole_id_rows_in_training_only():
     assert 0.18 < hidden.float().mean() < 0.32
     with torch.no_grad():
         torch.testing.assert_close(representation()[1:], text_only[1:] + 5.0)
+
+
+def test_future_loss_is_the_cross_entropy_of_the_items_after_the_next():
+    from pipeline.config import ModelConfig
+    from pipeline.models.sequence import later_items
+
+    targets = torch.tensor([[2, 3, 4, 0], [0, 5, 1, 0]])
+    # Each position: its next item, then the two after it; 0 past the window's end.
+    assert later_items(targets, 3)[0].tolist() == [[2, 3, 4], [3, 4, 0], [4, 0, 0], [0, 0, 0]]
+    assert later_items(targets, 3)[1, 1].tolist() == [5, 1, 0]
+
+    embeddings = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    config = ModelConfig(name="gru", hidden_size=8, max_length=4, future_items=2)
+    model = build_model(config, 5, np.eye(6, 3, dtype=np.float32), embeddings)
+    model.statistics.item_counts.copy_(torch.tensor([0.0, 3, 1, 2, 5, 4]))
+    model.eval()
+    inputs = torch.tensor([[1, 2, 3, 0], [4, 4, 5, 0]])
+    with torch.no_grad():
+        parts = model(inputs, targets, None)
+        # By hand from the same logits: rows are the positions with a target, in order.
+        states = model.states(inputs)[targets > 0]
+        biases = model.item_bias.masked_fill(model.statistics.item_counts == 0, float("-inf"))
+        log_probabilities = (states @ model.item_representations().T + biases).log_softmax(dim=1)  # repeat bias is 0
+    labels = [[2, 3, 4], [3, 4, 0], [4, 0, 0], [5, 1, 0], [1, 0, 0]]
+    next_loss = -sum(float(log_probabilities[row, label[0]]) for row, label in enumerate(labels)) / 5
+    later = [-float(log_probabilities[row, item]) for row, label in enumerate(labels) for item in label[1:] if item]
+    assert float(parts["item"]) == pytest.approx(next_loss, rel=1e-5)
+    assert len(later) == 4 and float(parts["future"]) == pytest.approx(sum(later) / len(later), rel=1e-5)
+    next_only = build_model(config.model_copy(update={"future_items": 0}), 5, np.eye(6, 3, dtype=np.float32), embeddings)
+    assert "future" not in next_only(inputs, targets, None)

@@ -133,6 +133,10 @@ class ModelConfig(Section):
     # through their text alone, so the text path learns to stand on its own, as it must for items never trained.
     id_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     max_length: int = Field(50, ge=2)
+    # Sequence models: each position also learns the items this many steps after its next one (the "future" loss
+    # part). Where the order inside a session carries little (MovieLens users rate a batch of movies in one sitting),
+    # the next item is one draw from a set of equally likely ones, and its neighbours are as good a label.
+    future_items: int = Field(0, ge=0)
     # Collaborative filtering: similar items (item_cf) or users (user_cf) kept per item or user.
     neighbours: int = Field(100, ge=1)
     # Content models: a history item's weight halves every this many newer items.
@@ -168,6 +172,8 @@ class TrainConfig(Section):
     window_stride: int | None = Field(None, ge=1)
     category_loss_weight: float = Field(0.5, ge=0)
     rating_loss_weight: float = Field(0.5, ge=0)
+    # Weight of the mean loss over the `model.future_items` later items (none with future_items 0).
+    future_loss_weight: float = Field(0.5, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: bf16 autocast on CUDA, fp32 on CPU. bf16 on a CPU with AMX-BF16 trains 1.3x faster per epoch but cost the
     # LSTM test quality on MovieLens (docs/benchmarks.md), so it is asked for, not assumed.

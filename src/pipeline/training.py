@@ -145,7 +145,10 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch))
     average = WeightAverage(parameters, config.weight_average_decay)
     autocast = training_autocast(device, training_dtype(device, config.precision))
-    loss_weights = {"item": 1.0, "category": config.category_loss_weight, "rating": config.rating_loss_weight}
+    loss_weights = {
+        "item": 1.0, "future": config.future_loss_weight, "category": config.category_loss_weight,
+        "rating": config.rating_loss_weight,
+    }
     order_rng = np.random.default_rng(seed)
     show = sys.stderr.isatty() if progress is None else progress
 

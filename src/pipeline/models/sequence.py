@@ -6,7 +6,8 @@ Heads, all read from the backbone state after each position:
 - category of the next interaction: a linear layer over the categories;
 - rating of the next interaction: a small MLP over (state, candidate item representation), added to the item's
   damped mean rating.
-Every position of a training window predicts its successor, so one pass over a sequence trains all its prefixes.
+Every position of a training window predicts its successor, so one pass over a sequence trains all its prefixes;
+with `model.future_items`, it also predicts the few items after the successor (a second loss part).
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ def log_popularity(counts: torch.Tensor) -> torch.Tensor:
     return torch.log((counts + 1.0) / (counts.sum() + len(counts)))
 
 
+def later_items(targets: torch.Tensor, count: int) -> torch.Tensor:
+    """[batch, L, count]: at each position its next item (the target) and the `count - 1` after it (0 past the end)."""
+    padded = nn.functional.pad(targets, (0, count - 1))
+    return padded.unfold(1, count, 1)
+
+
 class RecurrentBackbone(nn.Module):
     def __init__(self, cell: str, width: int, layers: int, dropout: float):
         super().__init__()
@@ -133,6 +140,7 @@ class SequenceRecommender(nn.Module):
         width = config.hidden_size
         self.max_length = config.max_length
         self.id_dropout = config.id_dropout
+        self.future_items = config.future_items
         self.statistics = TrainingStatistics(n_rows - 1, category_matrix.shape[1])
         self.register_buffer("item_category_weights", torch.as_tensor(category_matrix, dtype=torch.float32))
         self.items = ItemRepresentation(item_text_embeddings, width, config.item_representation)
@@ -177,9 +185,17 @@ class SequenceRecommender(nn.Module):
         biases = self.item_bias.masked_fill(self.statistics.item_counts == 0, float("-inf"))
         # [targets, catalog] is the largest tensor of a step: written once by addmm, then only changed in place.
         logits = self._add_repeat_bias(torch.addmm(biases.to(states.dtype), states, items.T.to(states.dtype)), inputs, mask)
-        item_loss = nn.functional.cross_entropy(logits, next_items)
-        category_loss = nn.functional.cross_entropy(self.category_head(states), self.item_category_weights[next_items])
-        parts = {"item": item_loss, "category": category_loss}
+        # Cross-entropy as log-normaliser minus the label's logit: the normaliser is shared by the next and the later
+        # items, so the [targets, catalog] logits are reduced once however many labels each row has.
+        normaliser = torch.logsumexp(logits.float(), dim=1, keepdim=True)
+        labels = later_items(targets, self.future_items + 1)[mask]  # [targets, 1 + future_items], 0 = none
+        losses = normaliser - logits.gather(1, labels).float()
+        parts = {"item": losses[:, 0].mean()}
+        if self.future_items:
+            present = labels[:, 1:] > 0
+            # Past a window's end the label is padding, whose logit is -inf: masked out, not multiplied by 0.
+            parts["future"] = losses[:, 1:].masked_fill(~present, 0.0).sum() / present.sum().clamp(min=1)
+        parts["category"] = nn.functional.cross_entropy(self.category_head(states), self.item_category_weights[next_items])
         if target_ratings is not None:
             predicted = self._rating(states, items[next_items], next_items)
             parts["rating"] = nn.functional.mse_loss(predicted, target_ratings[mask])
