@@ -185,21 +185,23 @@ class SequenceRecommender(nn.Module):
         biases = self.item_bias.masked_fill(self.statistics.item_counts == 0, float("-inf"))
         # [targets, catalog] is the largest tensor of a step: written once by addmm, then only changed in place.
         logits = self._add_repeat_bias(torch.addmm(biases.to(states.dtype), states, items.T.to(states.dtype)), inputs, mask)
-        # Cross-entropy as log-normaliser minus the label's logit: the normaliser is shared by the next and the later
-        # items, so the [targets, catalog] logits are reduced once however many labels each row has.
-        normaliser = torch.logsumexp(logits.float(), dim=1, keepdim=True)
-        labels = later_items(targets, self.future_items + 1)[mask]  # [targets, 1 + future_items], 0 = none
-        losses = normaliser - logits.gather(1, labels).float()
-        parts = {"item": losses[:, 0].mean()}
+        parts = {"item": nn.functional.cross_entropy(logits, next_items)}
         if self.future_items:
-            present = labels[:, 1:] > 0
-            # Past a window's end the label is padding, whose logit is -inf: masked out, not multiplied by 0.
-            parts["future"] = losses[:, 1:].masked_fill(~present, 0.0).sum() / present.sum().clamp(min=1)
+            parts["future"] = self._future_loss(logits, targets, mask)
         parts["category"] = nn.functional.cross_entropy(self.category_head(states), self.item_category_weights[next_items])
         if target_ratings is not None:
             predicted = self._rating(states, items[next_items], next_items)
             parts["rating"] = nn.functional.mse_loss(predicted, target_ratings[mask])
         return parts
+
+    def _future_loss(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy, over the same logits, of the `future_items` items after each row's next item."""
+        later = later_items(targets, self.future_items + 1)[mask][:, 1:]  # 0 past the window's end
+        present = later > 0
+        normaliser = torch.logsumexp(logits.float(), dim=1, keepdim=True)
+        # Padding's logit is -inf: its rows are masked out, not multiplied by 0.
+        losses = (normaliser - logits.gather(1, later).float()).masked_fill(~present, 0.0)
+        return losses.sum() / present.sum().clamp(min=1)
 
     def _add_repeat_bias(self, logits: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Add the repeat bias at (position, item) for every item at or before that position in its window."""
