@@ -35,7 +35,7 @@ def synthetic(tmp_path_factory):
     return folder
 
 
-def synthetic_config(folder, tmp_path, model):
+def synthetic_config(folder, tmp_path, model, **model_options):
     return load_config(
         {
             "seed": 3,
@@ -46,7 +46,7 @@ def synthetic_config(folder, tmp_path, model):
                 },
                 "items": {"path": str(folder / "items.csv"), "columns": {"id": "item", "category": "kind"}},
             },
-            "model": {"name": model, "item_representation": "id", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "dropout": 0.1, "max_length": 16},
+            "model": {"name": model, "item_representation": "id", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "dropout": 0.1, "max_length": 16, **model_options},
             "train": {"epochs": 15, "batch_size": 16, "learning_rate": 0.01, "patience": 15},
             "eval": {"ks": [10], "select_k": 10},
             "output": {"root": str(tmp_path / "runs")},
@@ -56,15 +56,17 @@ def synthetic_config(folder, tmp_path, model):
 
 def test_sequence_models_beat_popularity_on_learnable_signal(synthetic, tmp_path):
     results = {}
-    for name in ("popularity", "transformer", "lstm", "gru", "target_attention"):
-        config = synthetic_config(synthetic, tmp_path, name)
+    variants = {name: (name, {}) for name in ("popularity", "transformer", "lstm", "gru", "target_attention")}
+    variants["post-norm transformer"] = ("transformer", {"norm_first": False})
+    for label, (name, options) in variants.items():
+        config = synthetic_config(synthetic, tmp_path, name, **options)
         data = prepare(load_data(config.data), config.data)
         model = build_model(config.model, data.n_items, data.category_matrix(), None)
         train(model, data, config, progress=False)
-        results[name], _ = evaluate(model, data, config, TEST)
+        results[label], _ = evaluate(model, data, config, TEST)
     floor = results["popularity"]["ndcg@10"]
     assert floor < 0.1
-    for name in ("transformer", "lstm", "gru"):
+    for name in ("transformer", "post-norm transformer", "lstm", "gru"):
         # The successor is right 90% of the time: a model that learned it ranks it first for most users.
         assert results[name]["ndcg@10"] > 0.6, (name, results[name]["ndcg@10"])
         assert results[name]["ndcg@10"] > 3 * floor

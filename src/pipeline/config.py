@@ -129,6 +129,9 @@ class ModelConfig(Section):
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(2, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # Transformer: layer norm before each attention/feed-forward block (pre-norm, plus one at the output) or after its
+    # residual sum (post-norm, the original Transformer's and SASRec's order).
+    norm_first: bool = True
     # Share of items whose id rows are hidden in each training batch (text + id models): those items are read
     # through their text alone, so the text path learns to stand on its own, as it must for items never trained.
     id_dropout: float = Field(0.0, ge=0.0, lt=1.0)

@@ -106,19 +106,20 @@ class RecurrentBackbone(nn.Module):
 
 
 class TransformerBackbone(nn.Module):
-    """SASRec-style: learned positions, pre-norm causal self-attention blocks."""
+    """SASRec-style: learned positions, causal self-attention blocks (pre-norm or post-norm)."""
 
-    def __init__(self, width: int, layers: int, heads: int, dropout: float, max_length: int):
+    def __init__(self, width: int, layers: int, heads: int, dropout: float, max_length: int, norm_first: bool = True):
         super().__init__()
         self.positions = nn.Embedding(max_length, width)
         # Same scale as the item representations: torch's default N(0, 1) would drown the items in position signal.
         nn.init.normal_(self.positions.weight, std=0.02)
         block = nn.TransformerEncoderLayer(
-            width, heads, dim_feedforward=4 * width, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
+            width, heads, dim_feedforward=4 * width, dropout=dropout, activation="gelu", batch_first=True, norm_first=norm_first
         )
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.input_norm = nn.LayerNorm(width)
-        self.output_norm = nn.LayerNorm(width)
+        # Post-norm blocks end in a layer norm already.
+        self.output_norm = nn.LayerNorm(width) if norm_first else nn.Identity()
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
@@ -145,7 +146,9 @@ class SequenceRecommender(nn.Module):
         self.register_buffer("item_category_weights", torch.as_tensor(category_matrix, dtype=torch.float32))
         self.items = ItemRepresentation(item_text_embeddings, width, config.item_representation)
         if config.name == "transformer":
-            self.backbone = TransformerBackbone(width, config.num_layers, config.num_heads, config.dropout, config.max_length)
+            self.backbone = TransformerBackbone(
+                width, config.num_layers, config.num_heads, config.dropout, config.max_length, config.norm_first
+            )
         else:
             self.backbone = RecurrentBackbone(config.name, width, config.num_layers, config.dropout)
         self.item_bias = nn.Parameter(torch.zeros(n_rows))
