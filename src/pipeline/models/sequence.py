@@ -108,7 +108,7 @@ class RecurrentBackbone(nn.Module):
 class TransformerBackbone(nn.Module):
     """SASRec-style: learned positions, causal self-attention blocks (pre-norm or post-norm)."""
 
-    def __init__(self, width: int, layers: int, heads: int, dropout: float, max_length: int, norm_first: bool = True):
+    def __init__(self, width: int, layers: int, heads: int, dropout: float, max_length: int, norm_first: bool):
         super().__init__()
         self.positions = nn.Embedding(max_length, width)
         # Same scale as the item representations: torch's default N(0, 1) would drown the items in position signal.
