@@ -49,6 +49,17 @@ def test_leave_last_out_keeps_file_order_on_timestamp_ties(tmp_path):
     assert [list(ids[h]) for h in test.histories] == [["11", "12"], ["12", "11", "13"]]
     assert [list(ids[h]) for h in valid.histories] == [["11"], ["12", "11"]]
 
+def test_timestamps_one_second_apart_keep_their_order(tmp_path):
+    # Near 1.5e9 a float32 has a 128 s spacing (RecBole stores timestamps so): these three would tie and the file
+    # order (13, 12, 11) would decide. In whole seconds, 11 is last.
+    events = write_log(tmp_path, ["1,13,1500000001", "1,12,1500000002", "1,11,1500000003", "2,11,1", "2,12,2", "2,13,3"])
+    config = config_for(events, write_items(tmp_path, [11, 12, 13]))
+    data = prepare(load_data(config.data), config.data)
+    ids = data.item_ids
+    assert [ids[t[0]] for t in data.eval_cases(TEST).targets] == ["11", "13"]
+    assert [ids[t[0]] for t in data.eval_cases(VALID).targets] == ["12", "12"]
+
+
 
 def test_time_cut_puts_no_future_event_in_training(tmp_path):
     rows = [f"{u},{10 + (u * 7 + t) % 9},{1000 + 10 * t + u}" for u in range(1, 9) for t in range(10)]
