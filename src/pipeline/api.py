@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import contextmanager
@@ -21,21 +20,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from pipeline import distributed
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, VALID, PreparedData, RawData, load_data, prepare
 from pipeline.data.load import load_interactions
-from pipeline.encoding import EncodingStats, encode_items, resolve_device
+from pipeline.encoding import EncodingStats, encode_items, resolve_device, resolve_model_source
 from pipeline.errors import PipelineInputError
 from pipeline.evaluation import Rankings, evaluate_model, rank_users, ranking_metrics
 from pipeline.models import build_model, uses_text_embeddings
 from pipeline.models.fusion import ScoreFusion
 from pipeline.outputs import (
-    CHECKPOINT, RunDirectory, elapsed, environment_manifest, file_fingerprint, find_resumable, load_model_state,
-    markdown_table, resolve_run, save_model, utc_now, write_table,
+    CHECKPOINT, RunDirectory, check_output_root, elapsed, environment_manifest, find_resumable, load_model_state,
+    markdown_table, resolve_run, save_model, utc_now,
 )
+from pipeline.storage import file_fingerprint, read_json_file, write_table
 from pipeline.training import StopRequest, fit
 
 log = logging.getLogger("pipeline")
@@ -106,14 +105,17 @@ def evaluate(model: torch.nn.Module, data: PreparedData, config: Config, split: 
 
 
 def recommendation_frame(user_ids: np.ndarray, item_ids: np.ndarray, rankings: Rankings) -> pd.DataFrame:
-    """Top lists in original ids: one row per (user, rank)."""
+    """Top lists in original ids: one row per (user, rank). A list stops at the user's last valid candidate, so it
+    is shorter than top_k when fewer items are left to offer (a small catalog, most of it already seen)."""
     n_users, length = rankings.top_items.shape
+    items = rankings.top_items.reshape(-1)
+    valid = items > 0
     return pd.DataFrame(
         {
-            "user_id": np.repeat(user_ids, length),
-            "rank": np.tile(np.arange(1, length + 1), n_users),
-            "item_id": item_ids[rankings.top_items.reshape(-1)],
-            "score": rankings.top_scores.reshape(-1).astype(np.float32),
+            "user_id": np.repeat(user_ids, length)[valid],
+            "rank": np.tile(np.arange(1, length + 1), n_users)[valid],
+            "item_id": item_ids[items[valid]],
+            "score": rankings.top_scores.reshape(-1)[valid].astype(np.float32),
         }
     )
 
@@ -194,6 +196,7 @@ def run(
     batch boundary (`TrainingStopped`), keeping the folder for resuming.
     """
     config = load_config(config_or_path, overrides)
+    resolve_model_source(config.encoder.model)
     stages = Stages(config, config.name, resume)
     with stages.publishing() as output:
         raw, data = stages.load()
@@ -278,8 +281,8 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
 
 
 def _check_same_config(path: Path, config: Config) -> None:
-    stopped = yaml.safe_load(path.read_text(encoding="utf-8"))
-    differences = _differing_keys(stopped, yaml.safe_load(config.to_yaml()))
+    stopped = load_config(path, check_paths=False, complete=True).to_dict()
+    differences = _differing_keys(stopped, config.to_dict())
     if differences:
         raise PipelineInputError(
             f"--resume: the config differs from the stopped run's ({path}) at {', '.join(differences[:5])}; "
@@ -295,7 +298,10 @@ def _differing_keys(left, right, prefix: str = "") -> list[str]:
 
 
 def _check_same_inputs(path: Path, inputs: list[dict]) -> None:
-    stopped = {entry["path"]: entry["sha256"] for entry in json.loads(path.read_text(encoding="utf-8"))}
+    try:
+        stopped = {entry["path"]: entry["sha256"] for entry in read_json_file(path, "the stopped run's input fingerprints")}
+    except (TypeError, KeyError):
+        raise PipelineInputError(f"{path}: not a list of input fingerprints") from None
     for entry in inputs:
         if stopped.get(entry["path"]) != entry["sha256"]:
             raise PipelineInputError(f"--resume: {entry['path']} changed since the stopped run started; start a new run")
@@ -386,6 +392,24 @@ def manifest(config: Config, source_files: list[Path], data: PreparedData, encod
     }
 
 
+def validate(config_or_path: str | Path | dict | Config, overrides: list[str] | None = None) -> dict:
+    """Everything `run` would refuse about config and data, checked without encoding, training or writing.
+
+    Returns the summary `python -m pipeline validate` prints; raises `PipelineInputError` as `run` would.
+    """
+    config = load_config(config_or_path, overrides)
+    check_output_root(config.output.root)
+    resolve_model_source(config.encoder.model)
+    data = prepare(load_data(config.data), config.data)
+    return {
+        "events": len(data.events), "events_per_split": data.events["split"].value_counts().to_dict(),
+        "users": data.n_users, "evaluated": {split: len(data.eval_cases(split)) for split in (VALID, TEST)},
+        "items": data.n_items, "categories": len(data.category_names), "ratings": data.has_ratings,
+        "encoder": resolve_model_source(config.encoder.model), "model": f"{config.model.name} ({config.model.item_representation})",
+        "output_root": config.output.root,
+    }
+
+
 # ---- after a run -------------------------------------------------------------------------------------------------
 
 
@@ -422,11 +446,14 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     run_dir = resolve_run(run_dir)
-    config = load_config(run_dir / "config.resolved.yaml", check_paths=False)
-    catalog_info = json.loads((run_dir / "catalog.json").read_text(encoding="utf-8"))
-    item_ids = np.array([None, *catalog_info["item_ids"]], dtype=object)
-    n_items, n_categories = len(item_ids) - 1, len(catalog_info["category_names"])
-    width = catalog_info["text_embedding_width"]
+    config = load_config(run_dir / "config.resolved.yaml", check_paths=False, complete=True)
+    catalog_info = read_json_file(run_dir / "catalog.json", "the run's catalog")
+    try:
+        item_ids = np.array([None, *catalog_info["item_ids"]], dtype=object)
+        n_items, n_categories = len(item_ids) - 1, len(catalog_info["category_names"])
+        width = catalog_info["text_embedding_width"]
+    except (TypeError, KeyError) as err:
+        raise PipelineInputError(f"{run_dir / 'catalog.json'}: not a run catalog (missing or mistyped {err})") from None
     model = build_model(
         config.model, n_items, np.zeros((n_items + 1, n_categories), dtype=np.float32),
         None if width is None else np.zeros((n_items + 1, width), dtype=np.float32),

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pipeline.errors import PipelineInputError
+from pipeline.errors import PipelineInputError, StorageError
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StorageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     except LockHeld as err:
         print(f"skipped: {err}", file=sys.stderr)
         return EXIT_LOCK_HELD
@@ -162,30 +165,30 @@ def _compare(args) -> int:
 
 
 def _validate(args) -> int:
-    from pipeline.config import load_config
-    from pipeline.data import TEST, VALID, load_data, prepare
-    from pipeline.encoding import resolve_model_source
+    from pipeline.api import validate
 
-    config = load_config(args.config, args.overrides)
-    data = prepare(load_data(config.data), config.data)
-    per_split = data.events["split"].value_counts().to_dict()
+    summary = validate(args.config, args.overrides)
+    splits = ", ".join(f"{key} {value}" for key, value in summary["events_per_split"].items())
     print(f"config      {args.config.resolve()}: ok")
-    print(f"events      {len(data.events)} ({', '.join(f'{key} {value}' for key, value in per_split.items())})")
-    print(f"users       {data.n_users}; evaluated: valid {len(data.eval_cases(VALID))}, test {len(data.eval_cases(TEST))}")
-    print(f"items       {data.n_items}; categories {len(data.category_names)}")
-    print(f"ratings     {'yes' if data.has_ratings else 'no'}")
-    print(f"encoder     {resolve_model_source(config.encoder.model)}")
-    print(f"model       {config.model.name} ({config.model.item_representation})")
-    print(f"output root {config.output.root}")
+    print(f"events      {summary['events']} ({splits})")
+    print(f"users       {summary['users']}; evaluated: valid {summary['evaluated']['valid']}, test {summary['evaluated']['test']}")
+    print(f"items       {summary['items']}; categories {summary['categories']}")
+    print(f"ratings     {'yes' if summary['ratings'] else 'no'}")
+    print(f"encoder     {summary['encoder']}")
+    print(f"model       {summary['model']}")
+    print(f"output root {summary['output_root']}")
     return EXIT_OK
 
 
 def _recommend(args) -> int:
     from pipeline.api import recommend
-    from pipeline.outputs import write_table
+    from pipeline.storage import write_table
 
     if args.top_k is not None and args.top_k < 1:
         raise PipelineInputError(f"--top-k: must be >= 1 (got {args.top_k})")
+    if args.output is not None and (args.output.is_dir() or not args.output.parent.is_dir()):
+        problem = "is a folder" if args.output.is_dir() else "its folder does not exist"
+        raise PipelineInputError(f"--output: {args.output.resolve()} {problem}; give a .csv or .parquet file path")
     lists = recommend(args.run_dir, args.events, args.top_k)
     if args.output is None:
         lists.to_csv(sys.stdout, index=False)

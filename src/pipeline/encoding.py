@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,8 @@ import torch
 
 from pipeline import distributed
 from pipeline.config import DEFAULT_ENCODER, EncoderConfig
-from pipeline.errors import PipelineInputError
+from pipeline.errors import PipelineInputError, StorageError, shorten
+from pipeline.storage import write_atomic
 
 log = logging.getLogger("pipeline")
 
@@ -113,17 +114,44 @@ def text_key(text: str) -> bytes:
 
 
 class EmbeddingCache:
-    """Append-only shards of (text hash -> float32 vector) under cache_dir/<encoder identity>/."""
+    """Append-only shards of (text hash -> float32 vector) under cache_dir/<encoder identity>/.
+
+    A shard is written once (through the atomic writer) and never changed, so readers need no lock. Past
+    `MAX_CACHE_SHARDS` shards, a writer merges: it re-reads every shard it is about to delete, so vectors another
+    process added meanwhile are kept. A damaged shard is skipped with a warning (its texts are encoded again); an
+    unwritable cache is a warning, and the run goes on with the vectors in memory.
+    """
 
     def __init__(self, cache_dir: str | Path, identity: str):
         self.folder = Path(cache_dir) / identity
         self._vectors: dict[bytes, np.ndarray] = {}
-        for shard in sorted(self.folder.glob("shard-*.npz")):
+        self.width: int | None = None
+        self._read = self._absorb(sorted(self.folder.glob("shard-*.npz")))
+
+    def _absorb(self, shards: list[Path]) -> list[Path]:
+        """Load `shards` into memory; return those read or found damaged (a merge may delete them)."""
+        handled = []
+        for shard in shards:
             try:
                 with np.load(shard, allow_pickle=False) as stored:
-                    self._vectors.update(zip(stored["keys"].tolist(), stored["vectors"]))
-            except (OSError, ValueError, KeyError) as err:
-                log.warning("ignoring unreadable embedding cache shard %s (%s)", shard, err)
+                    keys, vectors = stored["keys"], stored["vectors"]
+                    if keys.ndim != 1 or vectors.ndim != 2 or len(keys) != len(vectors):
+                        raise ValueError(f"keys {keys.shape} and vectors {vectors.shape} do not match")
+            except FileNotFoundError:
+                continue  # merged and deleted by another process meanwhile: its vectors are in that merge
+            except Exception as err:  # a truncated or foreign file fails in zipfile, numpy or here
+                log.warning("embedding cache: ignoring damaged shard %s (%s); its texts are encoded again", shard, shorten(str(err)))
+                handled.append(shard)
+                continue
+            if self.width is not None and vectors.shape[1] != self.width:
+                log.warning(
+                    "embedding cache: ignoring shard %s: vectors of width %d, the cache's are %d", shard, vectors.shape[1], self.width
+                )
+                continue
+            self.width = int(vectors.shape[1])
+            self._vectors.update(zip(keys.tolist(), vectors.astype(np.float32)))
+            handled.append(shard)
+        return handled
 
     def __len__(self) -> int:
         return len(self._vectors)
@@ -134,26 +162,31 @@ class EmbeddingCache:
     def add(self, keys: list[bytes], vectors: np.ndarray, persist: bool = True) -> None:
         if not keys:
             return
+        self.width = int(vectors.shape[1])
         self._vectors.update(zip(keys, vectors))
         if not persist:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        shards = sorted(self.folder.glob("shard-*.npz"))
-        if len(shards) >= MAX_CACHE_SHARDS:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shards = sorted(self.folder.glob("shard-*.npz"))
+            if len(shards) < MAX_CACHE_SHARDS:
+                self._write_shard(keys, vectors)
+                return
+            merged = set(self._read) | set(self._absorb([shard for shard in shards if shard not in self._read]))
             self._write_shard(list(self._vectors), np.stack(list(self._vectors.values())))
-            for shard in shards:
+            for shard in merged:
                 shard.unlink(missing_ok=True)
-        else:
-            self._write_shard(keys, vectors)
+            self._read = []
+        except (OSError, StorageError) as err:
+            log.warning(
+                "embedding cache %s not written (%s); continuing without caching: %d new vectors stay in memory only",
+                self.folder, shorten(str(err), 200), len(keys),
+            )
 
     def _write_shard(self, keys: list[bytes], vectors: np.ndarray) -> None:
-        name = f"shard-{uuid.uuid4().hex}.npz"
-        temporary = self.folder / f".{name}.tmp"
-        with temporary.open("wb") as handle:
-            np.savez(handle, keys=np.array(keys, dtype="S64"), vectors=vectors.astype(np.float32))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.folder / name)
+        buffer = io.BytesIO()
+        np.savez(buffer, keys=np.array(keys, dtype="S64"), vectors=vectors.astype(np.float32))
+        write_atomic(self.folder / f"shard-{uuid.uuid4().hex}.npz", buffer.getvalue())
 
 
 class TextEncoder:

@@ -78,11 +78,17 @@ def catalog_coverage(top_items: np.ndarray, n_items: int) -> float:
 # ---- scoring a model over all users ------------------------------------------------------------------------------
 
 
+class NonFiniteScores(RuntimeError):
+    """A model scored some item NaN: its weights are broken (training diverged), so no ranking is defined."""
+
+
 @dataclass
 class Rankings:
     target_ranks: list[np.ndarray]
-    top_items: np.ndarray  # [users, list_length] item indices, best first
-    top_scores: np.ndarray  # [users, list_length]
+    # [users, list_length] item indices, best first; 0 after a user's last valid candidate (the catalog, less the
+    # user's seen items when they are excluded, can be shorter than the list).
+    top_items: np.ndarray
+    top_scores: np.ndarray  # [users, list_length]; -inf where top_items is 0
 
 
 # Scores held at once (users x catalog) while ranking: bounds memory whatever the catalog size (~12 bytes each with
@@ -116,6 +122,8 @@ def _rank_rows(model, histories, targets, rows: list[int], list_length: int, exc
         chunk_rows = rows[start : start + chunk_size]
         chunk = [histories[row] for row in chunk_rows]
         scores = model.score_items(chunk).float().clone()
+        if torch.isnan(scores).any():
+            raise NonFiniteScores(f"{type(model).__name__} scored items NaN")
         scores[:, 0] = float("-inf")
         if exclude_seen:
             scores[history_mask(chunk, scores.shape[1], scores.device)] = float("-inf")
@@ -123,6 +131,7 @@ def _rank_rows(model, histories, targets, rows: list[int], list_length: int, exc
         order = top_indices(scores, list_length)
         # Copies, not views: rows viewing the chunk's tensors kept ~17 MB per chunk alive (measured at 1M items).
         top_items, top_scores = order.cpu().numpy().copy(), scores.gather(1, order).cpu().numpy().copy()
+        top_items[top_scores == float("-inf")] = 0  # padding and removed items are not candidates
         results.extend(zip(ranks, top_items, top_scores))
         start += len(chunk)
         chunk_size = max(1, min(user_batch_size, SCORE_BUDGET // scores.shape[1]))

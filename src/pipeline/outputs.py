@@ -2,16 +2,18 @@
 
 A run that fails or is killed leaves at most a `.partial` folder; no directory ever appears under a final name
 half-written, and `latest` only ever points at finished runs. A partial folder holding an epoch checkpoint can be
-resumed (`RunDirectory.resume`); one without is removed by the next run once its owner process is gone.
+resumed (`RunDirectory(..., partial=...)`); one without is removed by the next run once its owner process is gone.
+Every file is written by `write_atomic` (temporary file, fsync, rename; the temporary file is removed on failure),
+and publishing removes temporary files a killed process left, so a published folder holds only the files below.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -23,15 +25,43 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
-from pipeline.errors import PipelineInputError
+from pipeline import faults
+from pipeline.errors import PipelineInputError, shorten
+from pipeline.storage import (
+    fsync_folder, fsync_tree, json_default, follow, point, remove_temporaries, write_atomic,
+)
 
 log = logging.getLogger("pipeline")
 
 LATEST = "latest"
 PARTIAL_MARK = ".partial-"
 CHECKPOINT = "checkpoint.pt"
+# A run's folder name: <name>-<UTC time to the microsecond>.
+RUN_TIME_PATTERN = r"-\d{8}T\d{12}Z"
+
+# What a published folder holds, exactly (tests list the folders against these).
+RUN_FILES = frozenset({
+    "config.resolved.yaml", "inputs.json", "run.log", "model.safetensors", "catalog.json", "metrics.json",
+    "history.jsonl", "recommendations.parquet", "manifest.json",
+})  # + recommendations.csv with output.write_csv
+COMPARE_FILES = frozenset({
+    "config.resolved.yaml", "inputs.json", "run.log", "metrics.json", "history.jsonl", "leaderboard.csv",
+    "leaderboard.md", "manifest.json",
+})
+NIGHT_FILES = (RUN_FILES | {"profiles.parquet", "summary.json", "summary.md"})
+
+
+def check_output_root(root: str | Path) -> None:
+    """Refuse an output root that cannot hold run folders, before any work (and without creating it)."""
+    root = Path(root)
+    existing = next(folder for folder in (root, *root.parents) if folder.exists())
+    if not existing.is_dir():
+        raise PipelineInputError(f"output.root: cannot write to {root}: Not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PipelineInputError(f"output.root: cannot write to {root}: Permission denied")
 
 
 class RunDirectory:
@@ -41,6 +71,7 @@ class RunDirectory:
         self.root = Path(root)
         self.resumed = partial is not None
         self.scratch = False
+        check_output_root(self.root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             _remove_abandoned_partials(self.root)
@@ -49,11 +80,12 @@ class RunDirectory:
             else:
                 final_name = partial.name[1:].rsplit(PARTIAL_MARK, 1)[0]
             self.final_path = self.root / final_name
-            self.path = self.root / f".{final_name}{PARTIAL_MARK}{os.getpid()}"
+            self.path = self.root / f".{final_name}{PARTIAL_MARK}{owner_mark()}"
             if partial is None:
                 self.path.mkdir()
             else:
                 os.rename(partial, self.path)  # the folder now belongs to this process
+                remove_temporaries(self.path)
         except OSError as err:
             raise PipelineInputError(f"output.root: cannot write to {self.root}: {err.strerror}") from None
 
@@ -70,15 +102,13 @@ class RunDirectory:
         return self.path / name
 
     def write_text(self, name: str, text: str) -> Path:
-        path = self.file(name)
-        path.write_text(text, encoding="utf-8")
-        return path
+        return write_atomic(self.file(name), text)
 
     def write_json(self, name: str, payload) -> Path:
-        return self.write_text(name, json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
+        return self.write_text(name, json.dumps(payload, indent=2, sort_keys=False, default=json_default) + "\n")
 
     def write_jsonl(self, name: str, rows: list[dict]) -> Path:
-        return self.write_text(name, "".join(json.dumps(row, default=_json_default) + "\n" for row in rows))
+        return self.write_text(name, "".join(json.dumps(row, default=json_default) + "\n" for row in rows))
 
     def commit(self) -> Path | None:
         if self.scratch:
@@ -86,8 +116,12 @@ class RunDirectory:
             return None
         # The epoch checkpoint (optimizer state included) only serves resuming; the finished run has its weights.
         self.file(CHECKPOINT).unlink(missing_ok=True)
-        _fsync_tree(self.path)
+        remove_temporaries(self.path)
+        fsync_tree(self.path)
+        faults.reached("publish:tree-synced")
         os.rename(self.path, self.final_path)
+        fsync_folder(self.root)
+        faults.reached("publish:renamed")
         point_latest(self.root, self.final_path)
         return self.final_path
 
@@ -109,8 +143,9 @@ def find_resumable(root: str | Path, name: str, partial: str | Path) -> Path:
         return candidates[-1]
     folder = Path(partial).expanduser().resolve()
     if folder not in resumable_partials(root, name):
-        if folder.is_dir() and _partial_owner(folder) is not None and process_alive(_partial_owner(folder)):
-            raise PipelineInputError(f"--resume: {folder} belongs to a run that is still running (pid {_partial_owner(folder)})")
+        owner = _partial_owner(folder)
+        if folder.is_dir() and owner is not None and process_alive(*owner):
+            raise PipelineInputError(f"--resume: {folder} belongs to a run that is still running (pid {owner[0]})")
         raise PipelineInputError(f"--resume: {folder} is not a stopped run of {name!r} with a checkpoint under {root.resolve()}")
     return folder
 
@@ -120,66 +155,50 @@ def point_latest(root: Path, target: Path) -> None:
     point(root / LATEST, target)
 
 
-def point(link: Path, target: Path) -> None:
-    """Make `link` lead to `target` in one rename (a relative symlink where the platform allows, else a text file)."""
-    relative = os.path.relpath(target, link.parent)
-    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    temporary.unlink(missing_ok=True)
-    try:
-        os.symlink(relative, temporary, target_is_directory=True)
-    except OSError:
-        temporary.write_text(relative + "\n", encoding="utf-8")
-    os.replace(temporary, link)
 
 
-def follow(link: Path) -> Path | None:
-    """Where a pointer made by `point` leads, or None when there is none."""
-    if link.is_symlink() or link.is_dir():
-        return link.resolve()
-    if link.is_file():
-        return (link.parent / link.read_text(encoding="utf-8").strip()).resolve()
-    return None
 
 
-def write_json_atomic(path: Path, payload) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(json.dumps(payload, indent=2, default=_json_default) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+
+
 
 
 def resolve_run(path: str | Path) -> Path:
-    """A run folder, or an output root / `latest` pointer that leads to one."""
+    """A finished run folder, or an output root / `latest` pointer that leads to one."""
     path = Path(path).expanduser()
     if (path / LATEST).exists() and not (path / "metrics.json").exists():
         path = path / LATEST
     path = follow(path) or path.resolve()
-    if not (path / "config.resolved.yaml").is_file():
-        raise PipelineInputError(f"{path}: not a finished run directory (no config.resolved.yaml)")
+    if PARTIAL_MARK in path.name:
+        raise PipelineInputError(f"{path}: an unpublished run folder (stopped or still running), not a finished run")
+    for name in ("config.resolved.yaml", "catalog.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise PipelineInputError(f"{path}: not a finished run directory (no {name})")
     return path
 
 
-def save_model(model: torch.nn.Module, path: Path) -> None:
-    save_file({name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}, str(path))
+def save_model(model: torch.nn.Module, path: Path) -> Path:
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    return write_atomic(path, safetensors_bytes(tensors))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise PipelineInputError(f"{path}: missing (model weights)") from None
+    except Exception as err:  # safetensors raises its own error type for a damaged header or payload
+        raise PipelineInputError(f"{path}: damaged model weights: {shorten(str(err))}") from None
 
 
 def load_model_state(model: torch.nn.Module, path: Path) -> None:
+    state = read_weights(path)
     try:
-        state = load_file(str(path))
         model.load_state_dict(state)
-    except (RuntimeError, OSError) as err:
+    except RuntimeError as err:
         first_line = str(err).strip().splitlines()[0]
         raise PipelineInputError(f"{path}: checkpoint does not fit this model: {first_line}") from None
 
-
-def file_fingerprint(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def environment_manifest(device: str) -> dict:
@@ -213,16 +232,6 @@ def _git_commit() -> str | None:
     return result.stdout.strip() or None
 
 
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Parquet or CSV by suffix, written to a temporary name and renamed into place."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if path.suffix == ".parquet":
-        frame.to_parquet(temporary, index=False)
-    else:
-        frame.to_csv(temporary, index=False)
-    os.replace(temporary, path)
-
-
 def markdown_table(frame: pd.DataFrame) -> str:
     """A Markdown table of `frame` (floats with 4 decimals), without needing the `tabulate` package."""
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
@@ -234,53 +243,67 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
 
 
 def resumable_partials(root: Path, name: str) -> list[Path]:
-    """Partial folders of `name` whose run has ended (its process is gone, or it is this one) and which hold a checkpoint."""
+    """Partial folders of exactly `name` whose run has ended (process gone, or this one) and which hold a checkpoint."""
+    pattern = re.compile(rf"\.{re.escape(name)}{RUN_TIME_PATTERN}{re.escape(PARTIAL_MARK)}")
     folders = []
     for folder in root.resolve().glob(f".{name}-*{PARTIAL_MARK}*"):
         owner = _partial_owner(folder)
-        ended = owner is not None and (owner == os.getpid() or not process_alive(owner))
+        if not pattern.match(folder.name) or owner is None:
+            continue
+        ended = owner[0] == os.getpid() or not process_alive(*owner)
         if ended and (folder / CHECKPOINT).is_file():
             folders.append(folder)
     return folders
 
 
-def _partial_owner(folder: Path) -> int | None:
-    owner = folder.name.rsplit(PARTIAL_MARK, 1)[-1]
-    return int(owner) if owner.isdigit() else None
+def owner_mark() -> str:
+    """`<pid>-<start time>` of this process: a pid alone is reused by the system after its process ends."""
+    return f"{os.getpid()}-{process_start_time(os.getpid()) or 0}"
+
+
+def _partial_owner(folder: Path) -> tuple[int, int | None] | None:
+    """(pid, start time or None) from a partial folder's name."""
+    mark = folder.name.rsplit(PARTIAL_MARK, 1)[-1]
+    pid, _, started = mark.partition("-")
+    if not pid.isascii() or not pid.isdigit():
+        return None
+    return int(pid), int(started) if started.isascii() and started.isdigit() else None
 
 
 def _remove_abandoned_partials(root: Path) -> None:
     """Partial folders of dead processes, except those that can still be resumed."""
     for folder in root.glob(f".*{PARTIAL_MARK}*"):
         owner = _partial_owner(folder)
-        if owner is not None and not process_alive(owner) and not (folder / CHECKPOINT).is_file():
+        if owner is not None and not process_alive(*owner) and not (folder / CHECKPOINT).is_file():
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def process_alive(pid: int) -> bool:
+def process_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux /proc), or None where that is unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def process_alive(pid: int, started: int | None = None) -> bool:
+    """Whether process `pid` runs, and, given its start time, is still the same process (pids are reused)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if started:
+        now = process_start_time(pid)
+        return now is None or now == started
     return True
 
-
-def _json_default(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def utc_now() -> str:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -27,6 +27,9 @@ from pipeline import distributed
 from pipeline.config import TrainConfig
 from pipeline.data.prepare import TRAIN, PreparedData
 from pipeline.encoding import resolve_device
+from pipeline.errors import PipelineInputError, shorten
+from pipeline.evaluation import NonFiniteScores
+from pipeline.storage import write_atomic
 
 log = logging.getLogger("pipeline")
 
@@ -96,6 +99,16 @@ class StopRequest:
 
     def request(self, reason: str) -> None:
         self.reason = reason
+
+
+class TrainingDiverged(PipelineInputError):
+    """The loss or the validation scores stopped being finite numbers: the settings (learning rate) are the cause."""
+
+    def __init__(self, epoch: int, what: str):
+        super().__init__(
+            f"training diverged at epoch {epoch} (non-finite {what}); lower train.learning_rate or check the data; "
+            "nothing was published"
+        )
 
 
 class TrainingStopped(Exception):
@@ -172,6 +185,8 @@ def fit(
                 with autocast:
                     parts = trained(inputs, targets, target_ratings)
                 loss = sum(loss_weights[name] * value for name, value in parts.items())
+                if not torch.isfinite(loss.detach()):
+                    raise TrainingDiverged(epoch, "loss")
                 if world > 1:
                     # Each rank's loss is a mean over its own targets; weigh it by its share of the batch's targets so
                     # the averaged gradient is that of the mean over the whole batch, as in one process.
@@ -190,7 +205,10 @@ def fit(
 
             model.eval()
             with average.swapped_in():  # the weights validated are the weights kept
-                valid_metrics = validate(model)
+                try:
+                    valid_metrics = validate(model)
+                except NonFiniteScores:
+                    raise TrainingDiverged(epoch, "validation scores") from None
                 score = valid_metrics[selection_metric]
                 improved = score > state.best_score
                 if improved:
@@ -326,24 +344,29 @@ def save_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    # Serialised in memory first, so a full disk surfaces as an OSError of the write (named by `write_atomic`), not
+    # as an error from inside torch's zip writer.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer, scheduler, average: WeightAverage, order_rng: np.random.Generator
 ) -> LoopState:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    average.load_state_dict(payload["weight_average"])
-    order_rng.bit_generator.state = json.loads(payload["order_rng"])
-    torch.set_rng_state(payload["torch_rng"])
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        average.load_state_dict(payload["weight_average"])
+        order_rng.bit_generator.state = json.loads(payload["order_rng"])
+        torch.set_rng_state(payload["torch_rng"])
+    except Exception as err:  # a damaged file fails inside torch's unpickler or zip reader with many types
+        raise PipelineInputError(
+            f"{path}: damaged epoch checkpoint ({type(err).__name__}: {shorten(str(err).splitlines()[0] if str(err) else '')}); "
+            "start a new run"
+        ) from None
     if payload["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])
     return LoopState(

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import DataConfig, InteractionsConfig, ItemsConfig, TagsConfig
-from pipeline.errors import PipelineInputError
+from pipeline.errors import PipelineInputError, shorten
 
 log = logging.getLogger("pipeline")
 
@@ -86,15 +86,30 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> Non
             by_lower = {name.lower(): name for name in available}
             close = difflib.get_close_matches(column.lower(), list(by_lower), n=1, cutoff=0.5)
             hint = f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
-            raise PipelineInputError(f"{path}: missing column {column!r}{hint}; columns are {available}")
+            raise PipelineInputError(f"{path}: missing column {column!r}{hint}; columns are {shorten(available, 300)}")
 
 
 def _row(index: int) -> int:
     return int(index) + 1
 
 
+def _reject_non_scalars(values: pd.Series, path: Path, column: str, what: str, booleans: bool = False) -> None:
+    """JSONL and Parquet cells can hold lists, objects or booleans where a plain value belongs: name the first row."""
+    if values.dtype == bool and not booleans:
+        raise PipelineInputError(f"{path}: row 1: {column!r} value {shorten(values.iloc[0])} is a boolean, not {what}")
+    if values.dtype != object:
+        return
+    kinds = (list, tuple, dict, set, np.ndarray) if booleans else (list, tuple, dict, set, np.ndarray, bool, np.bool_)
+    bad = values.map(lambda value: isinstance(value, kinds)).to_numpy(dtype=bool)
+    if bad.any():
+        index = int(np.argmax(bad))
+        kind = "a boolean" if isinstance(values.iloc[index], (bool, np.bool_)) else f"a {type(values.iloc[index]).__name__}"
+        raise PipelineInputError(f"{path}: row {_row(index)}: {column!r} value {shorten(values.iloc[index])} is {kind}, not {what}")
+
+
 def _clean_ids(values: pd.Series, path: Path, column: str) -> pd.Series:
     """Ids as strings with surrounding space removed; missing or empty ids are an error naming the row."""
+    _reject_non_scalars(values, path, column, "an id (text or a number)")
     text = values.astype("string").str.strip()
     bad = text.isna() | (text == "")
     if bad.any():
@@ -103,28 +118,43 @@ def _clean_ids(values: pd.Series, path: Path, column: str) -> pd.Series:
 
 
 def parse_timestamps(values: pd.Series, path: Path, column: str) -> np.ndarray:
-    """Unix seconds (int or float) or ISO-8601 strings -> int64 unix seconds, range-checked."""
-    numeric = pd.to_numeric(values, errors="coerce")
-    seconds = numeric.to_numpy(dtype=np.float64, copy=True)
-    textual = numeric.isna().to_numpy()
-    if textual.any():
-        parsed = pd.to_datetime(values[textual].astype("string"), utc=True, errors="coerce", format="ISO8601")
-        bad = parsed.isna()
-        if bad.any():
-            index = bad.idxmax()
-            raise PipelineInputError(
-                f"{path}: row {_row(index)}: cannot parse {column!r} value {values.loc[index]!r} "
-                "as unix seconds or ISO-8601"
-            )
-        seconds[textual] = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+    """Unix seconds (int or float), ISO-8601 strings or a native datetime column (naive = UTC) -> int64 unix
+    seconds, range-checked."""
+    _reject_non_scalars(values, path, column, "a time")
+    if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(values.dtype):
+        missing = values.isna().to_numpy()
+        if missing.any():
+            raise PipelineInputError(f"{path}: row {_row(int(np.argmax(missing)))}: empty {column!r}")
+        seconds = _epoch_seconds(values if isinstance(values.dtype, pd.DatetimeTZDtype) else values.dt.tz_localize("UTC"))
+    else:
+        numeric = pd.to_numeric(values, errors="coerce")
+        seconds = numeric.to_numpy(dtype=np.float64, copy=True)
+        textual = numeric.isna().to_numpy()
+        if textual.any():
+            parsed = pd.to_datetime(values[textual].astype("string"), utc=True, errors="coerce", format="ISO8601")
+            bad = parsed.isna()
+            if bad.any():
+                index = bad.idxmax()
+                raise PipelineInputError(
+                    f"{path}: row {_row(index)}: cannot parse {column!r} value {shorten(values.loc[index])} "
+                    "as unix seconds or ISO-8601"
+                )
+            seconds[textual] = _epoch_seconds(parsed)
     out_of_range = (seconds < MIN_TIMESTAMP) | (seconds > MAX_TIMESTAMP) | ~np.isfinite(seconds)
     if out_of_range.any():
         index = int(np.argmax(out_of_range))
         raise PipelineInputError(
-            f"{path}: row {_row(index)}: {column!r} value {values.iloc[index]!r} is outside 1970..2100 "
+            f"{path}: row {_row(index)}: {column!r} value {shorten(str(values.iloc[index]))} is outside 1970..2100 "
             "(timestamps must be unix seconds or ISO-8601)"
         )
     return np.floor(seconds).astype(np.int64)
+
+
+def _epoch_seconds(times: pd.Series) -> np.ndarray:
+    """Seconds since 1970 of timezone-aware times, in whatever unit pandas holds them (year 3000 fits in seconds,
+    not in nanoseconds)."""
+    naive = times.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+    return naive.astype("datetime64[s]").astype(np.int64).astype(np.float64)
 
 
 def load_interactions(config: InteractionsConfig, rating_range: tuple[float, float] | None = None) -> pd.DataFrame:
@@ -159,14 +189,19 @@ def load_interactions(config: InteractionsConfig, rating_range: tuple[float, flo
 
 
 def _parse_ratings(values: pd.Series, path: Path, column: str, rating_range) -> np.ndarray:
+    _reject_non_scalars(values, path, column, "a number")
     ratings = pd.to_numeric(values, errors="coerce")
     bad = ratings.isna() & values.notna()
     if bad.any():
         index = bad.idxmax()
-        raise PipelineInputError(f"{path}: row {_row(index)}: {column!r} value {values.iloc[index]!r} is not a number")
+        raise PipelineInputError(f"{path}: row {_row(index)}: {column!r} value {shorten(values.iloc[index])} is not a number")
     if ratings.isna().any():
         raise PipelineInputError(f"{path}: row {_row(ratings.isna().idxmax())}: empty {column!r}")
     ratings = ratings.to_numpy(dtype=np.float64)
+    infinite = ~np.isfinite(ratings)
+    if infinite.any():
+        index = int(np.argmax(infinite))
+        raise PipelineInputError(f"{path}: row {_row(index)}: {column!r} value {shorten(values.iloc[index])} is not a finite number")
     if rating_range is not None:
         low, high = rating_range
         outside = (ratings < low) | (ratings > high)
@@ -187,7 +222,7 @@ def load_items(config: ItemsConfig, tags: TagsConfig | None = None) -> pd.DataFr
     if repeated.any():
         index = int(np.argmax(repeated.to_numpy()))
         first = int(np.argmax((ids == ids.iloc[index]).to_numpy()))
-        raise PipelineInputError(f"{path}: row {_row(index)}: item id {ids.iloc[index]!r} repeats row {_row(first)}")
+        raise PipelineInputError(f"{path}: row {_row(index)}: item id {shorten(ids.iloc[index])} repeats row {_row(first)}")
     fields = {name: frame[name].astype("string").fillna("").str.strip().astype(object) for name in config.text_fields}
     if tags is not None:
         fields["tags"] = ids.map(_aggregate_tags(tags)).fillna("").astype(object)
@@ -204,7 +239,7 @@ def _render_texts(template: str, fields: dict[str, pd.Series], n_rows: int, path
         template.format(**{name: "" for name in fields})
     except (KeyError, IndexError, ValueError) as err:
         raise PipelineInputError(
-            f"data.items.text_template: {template!r} uses {err} but the fields are {sorted(fields)}"
+            f"data.items.text_template: {shorten(template)} uses {err} but the fields are {sorted(fields)}"
         ) from None
     columns = {name: series.tolist() for name, series in fields.items()}
     rendered = []

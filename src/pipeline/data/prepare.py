@@ -226,4 +226,5 @@ def _index(events: pd.DataFrame, items: pd.DataFrame, split_method: str, cold_id
 
 def _natural_key(value: str):
     """Numeric ids sort as numbers, others as text, so user 10 comes after user 9."""
-    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+    # isdigit() alone also accepts '²' and other Unicode digits that int() refuses: those ids sort as text.
+    return (0, int(value), "") if value.isascii() and value.isdigit() else (1, 0, value)

@@ -17,15 +17,12 @@ pointer to the promoted night), `state.json`, `history.csv`, `lock`.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from safetensors.torch import load_file
 
 from pipeline.api import (
     Stages, catalog, encode, evaluate, protocol, recommendation_frame, selection_metric, validation_ranking,
@@ -33,12 +30,15 @@ from pipeline.api import (
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, PreparedData
 from pipeline.encoding import encode_items, encoder_identity
-from pipeline.errors import PipelineInputError
+from pipeline import faults
+from pipeline.errors import PipelineInputError, StorageError, shorten
 from pipeline.models import build_model, uses_text_embeddings
 from pipeline.models.warm_start import ShapeChanged, transplant
 from pipeline.nightly.lock import NightLock
 from pipeline.nightly.profiles import interest_profiles, profile_summary
-from pipeline.outputs import file_fingerprint, follow, point, save_model, utc_now, write_json_atomic, write_table
+from pipeline.nightly.records import CHAMPION, append_history, history_row, read_state, remove_old_nights
+from pipeline.outputs import read_weights, save_model, utc_now
+from pipeline.storage import file_fingerprint, follow, point, read_json_file, write_json_atomic, write_table
 from pipeline.training import StopRequest, fit
 
 log = logging.getLogger("pipeline")
@@ -83,22 +83,22 @@ def nightly(
             return _night(config, root, progress, stop, started)
         except Exception as err:
             status = "bad_input" if isinstance(err, PipelineInputError) else "failed"
-            _append_history(root, {"night": None, "date": utc_now(), "status": status, "error": str(err)[:300]})
+            append_history(root, {"night": None, "date": utc_now(), "status": status, "error": str(err)[:300]})
             raise
 
 
 def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest | None, started: float) -> NightResult:
-    state = _read_state(root)
+    state = read_state(root)
     inputs = _input_fingerprints(config)
     config_digest = hashlib.sha256(config.to_yaml().encode()).hexdigest()
-    champion = _load_champion(root)
+    champion, champion_problem = _load_champion(root)
     if state and champion and state["inputs"] == inputs and state["config_sha256"] == config_digest:
         message = (
             f"nothing new since night {state['night']}: input files and config unchanged "
             f"(newest event {_iso(state['watermark'])}); the champion stays {champion.night_dir.name}"
         )
         log.info(message)
-        _append_history(root, {"night": None, "date": utc_now(), "status": NOTHING_NEW, "wall_seconds": _since(started)})
+        append_history(root, {"night": None, "date": utc_now(), "status": NOTHING_NEW, "wall_seconds": _since(started)})
         return NightResult(NOTHING_NEW, None, {"status": NOTHING_NEW, "message": message})
 
     night_config = config.model_copy(update={"output": config.output.model_copy(update={"root": str(root / "nights")})})
@@ -116,9 +116,14 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
             challenger_metrics, challenger_rankings = evaluate(challenger, data, config, TEST)
             champion_model, champion_metrics, champion_rankings = None, None, None
             if champion is not None:
-                champion_model = _champion_for_tonight(champion, data, config, item_embeddings)
-                champion_metrics, champion_rankings = evaluate(champion_model, data, config, TEST)
-            decision = _decide(config, challenger_metrics, champion_metrics)
+                try:
+                    champion_model = _champion_for_tonight(champion, data, config, item_embeddings)
+                except PipelineInputError as err:
+                    champion_problem = f"champion unusable: {err}"
+                    log.warning("%s; tonight's challenger will be promoted", champion_problem)
+                else:
+                    champion_metrics, champion_rankings = evaluate(champion_model, data, config, TEST)
+            decision = _decide(config, challenger_metrics, champion_metrics, champion_problem)
             log.info("decision: %s", decision["message"])
         with stages.stage("profiles"):
             previous = _previous_profiles(root, state)
@@ -144,17 +149,32 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
             output.write_json("summary.json", summary)
             output.write_text("summary.md", summary_markdown(summary))
         night_dir = stages.finish(raw, data, encoding)
+    faults.reached("nightly:published")
 
+    # The champion link is the truth about what is promoted: it moves first, in one rename, and state.json follows.
+    # A kill between the two leaves the link on a complete night and the old state, which the next night reconciles
+    # (`_read_state`) and retrains from, as after any night that did not finish.
     if decision["promote"]:
-        point(root / "champion", night_dir)
+        try:
+            point(root / CHAMPION, night_dir)
+        except OSError as err:
+            raise StorageError(
+                f"{root / CHAMPION}: night {night_dir.name} was published but the champion link could not be moved "
+                f"({err.strerror or err}); the champion is unchanged"
+            ) from None
+    faults.reached("nightly:link-swapped")
     promoted = state.get("promoted", []) + ([night_dir.name] if decision["promote"] else [])
-    write_json_atomic(root / "state.json", {
-        "night": night_dir.name, "finished_at": utc_now(), "watermark": int(data.events["timestamp"].max()),
-        "inputs": inputs, "config_sha256": config_digest, "promoted": promoted,
-    })
+    try:
+        write_json_atomic(root / "state.json", {
+            "night": night_dir.name, "finished_at": utc_now(), "watermark": int(data.events["timestamp"].max()),
+            "inputs": inputs, "config_sha256": config_digest, "promoted": promoted,
+        })
+    except StorageError as err:  # the champion link already tells what is promoted; the next night reconciles
+        log.error("%s; the next night retrains from the champion", err)
+    faults.reached("nightly:state-written")
     summary["timings_seconds"]["total"] = _since(started)
-    _append_history(root, _history_row(summary))
-    _remove_old_nights(root / "nights", config.nightly.keep_nights, set(promoted))
+    append_history(root, history_row(summary))
+    remove_old_nights(root, config.nightly.keep_nights, set(promoted))
     return NightResult(summary["status"], night_dir, summary)
 
 
@@ -191,16 +211,28 @@ def _whats_new(data: PreparedData, state: dict, champion: Champion | None, input
 # ---- champion and challenger ---------------------------------------------------------------------------------------
 
 
-def _load_champion(root: Path) -> Champion | None:
-    night_dir = follow(root / "champion")
+def _load_champion(root: Path) -> tuple[Champion | None, str | None]:
+    """The champion, or (None, what is wrong with it) when its link dangles or its night is damaged.
+
+    A night without a usable champion promotes its challenger (if it trains and evaluates), so a lost or damaged
+    champion costs one night's comparison, never every later night.
+    """
+    link = root / CHAMPION
+    night_dir = follow(link)
     if night_dir is None:
-        return None
-    if not (night_dir / "model.safetensors").is_file():
-        raise PipelineInputError(f"{root / 'champion'}: points at {night_dir}, which holds no model.safetensors")
-    config = load_config(night_dir / "config.resolved.yaml", check_paths=False)
-    catalog_info = json.loads((night_dir / "catalog.json").read_text(encoding="utf-8"))
-    vocabulary = {"items": [None, *catalog_info["item_ids"]], "categories": catalog_info["category_names"]}
-    return Champion(night_dir, config, load_file(str(night_dir / "model.safetensors")), vocabulary)
+        return None, None
+    try:
+        if not night_dir.is_dir():
+            raise PipelineInputError(f"{link}: points at {night_dir}, which does not exist")
+        config = load_config(night_dir / "config.resolved.yaml", check_paths=False, complete=True)
+        catalog_info = read_json_file(night_dir / "catalog.json", "the champion's catalog")
+        vocabulary = {"items": [None, *catalog_info["item_ids"]], "categories": catalog_info["category_names"]}
+        weights = read_weights(night_dir / "model.safetensors")
+    except (PipelineInputError, KeyError, TypeError) as err:
+        problem = f"champion unusable: {shorten(str(err), 300)}"
+        log.warning("%s; tonight's challenger will be promoted if it trains and evaluates", problem)
+        return None, problem
+    return Champion(night_dir, config, weights, vocabulary), None
 
 
 def _vocabulary(data: PreparedData) -> dict[str, list]:
@@ -261,12 +293,13 @@ def _champion_for_tonight(champion: Champion, data: PreparedData, config: Config
     return model
 
 
-def _decide(config: Config, challenger: dict, champion: dict | None) -> dict:
+def _decide(config: Config, challenger: dict, champion: dict | None, champion_problem: str | None = None) -> dict:
     metric, tolerance = config.nightly.metric, config.nightly.tolerance
     challenger_value = float(challenger[metric])
     if champion is None:
+        why = champion_problem or "first night, no champion yet"
         return {"promote": True, "metric": metric, "challenger": challenger_value, "champion": None, "tolerance": tolerance,
-                "message": f"promoted: first night, no champion yet (challenger {metric} {challenger_value:.4f})"}
+                "message": f"promoted: {why} (challenger {metric} {challenger_value:.4f})"}
     champion_value = float(champion[metric])
     bar = champion_value * (1.0 - tolerance)
     promote = challenger_value >= bar
@@ -278,57 +311,18 @@ def _decide(config: Config, challenger: dict, champion: dict | None) -> dict:
     }
 
 
-# ---- state, history, retention -------------------------------------------------------------------------------------
-
-
-def _read_state(root: Path) -> dict:
-    path = root / "state.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise PipelineInputError(f"{path}: unreadable nightly state ({err}); move it away to start over") from None
+# ---- profiles ----------------------------------------------------------------------------------------------------
 
 
 def _previous_profiles(root: Path, state: dict) -> pd.DataFrame | None:
     path = root / "nights" / state.get("night", "") / "profiles.parquet"
-    return pd.read_parquet(path) if state.get("night") and path.is_file() else None
-
-
-HISTORY_COLUMNS = [
-    "night", "date", "status", "events", "new_events", "users", "new_users", "items", "new_items", "texts_encoded",
-    "texts_from_cache", "training", "train_seconds", "metric", "champion", "challenger", "wall_seconds", "error",
-]
-
-
-def _history_row(summary: dict) -> dict:
-    data, decision = summary["data"], summary["decision"]
-    return {
-        "night": summary["night"], "date": summary["date"], "status": summary["status"],
-        **{key: data[key] for key in ("events", "new_events", "users", "new_users", "items", "new_items")},
-        "texts_encoded": summary["texts"]["encoded"], "texts_from_cache": summary["texts"]["from_cache"],
-        "training": summary["training"]["mode"], "train_seconds": summary["training"]["seconds"],
-        "metric": decision["metric"], "champion": decision["champion"], "challenger": decision["challenger"],
-        "wall_seconds": summary["timings_seconds"]["total"],
-    }
-
-
-def _append_history(root: Path, row: dict) -> None:
-    """Rewrite history.csv with one more row (temporary file + rename: a crash never leaves half a table)."""
-    path = root / "history.csv"
-    root.mkdir(parents=True, exist_ok=True)
-    history = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
-    row_frame = pd.DataFrame([{column: row.get(column) for column in HISTORY_COLUMNS}])
-    write_table(pd.concat([history, row_frame], ignore_index=True) if len(history) else row_frame, path)
-
-
-def _remove_old_nights(nights: Path, keep: int, promoted: set[str]) -> None:
-    finished = sorted(path for path in nights.iterdir() if path.is_dir() and not path.is_symlink() and not path.name.startswith("."))
-    for night_dir in finished[:-keep]:
-        if night_dir.name not in promoted:
-            shutil.rmtree(night_dir)
-            log.info("retention: deleted %s (older than the last %d nights, never promoted)", night_dir.name, keep)
+    if not state.get("night") or not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow's own error types for a damaged file
+        log.warning("%s: unreadable (%s); tonight's profiles report no drift", path, shorten(str(err)))
+        return None
 
 
 # ---- summary -------------------------------------------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""What outlives a night under `nightly.root`: the champion link, state.json, history.csv, and retention.
+
+The champion link is the truth about which night serves: state.json records the watermark, the input fingerprints
+and the promoted nights, and is reconciled with the link on reading. history.csv is a report: damaged, it is moved
+aside and restarted. Retention never deletes the night the link leads to, whatever state.json says.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import faults
+from pipeline.errors import PipelineInputError, StorageError, shorten
+from pipeline.outputs import utc_now
+from pipeline.storage import follow, read_json_file, write_table
+
+log = logging.getLogger("pipeline")
+
+CHAMPION = "champion"
+
+
+STATE_KEYS = {"night": str, "finished_at": str, "watermark": int, "inputs": dict, "config_sha256": str, "promoted": list}
+
+
+def read_state(root: Path) -> dict:
+    """state.json, checked, with the champion link's night added to `promoted` if a kill kept it from being recorded."""
+    path = root / "state.json"
+    if not path.exists():
+        return {}
+    advice = "move it away to start over (the champion is kept)"
+    try:
+        state = read_json_file(path, "nightly state")
+    except PipelineInputError as err:
+        raise PipelineInputError(f"{err}; {advice}") from None
+    wrong = [key for key, kind in STATE_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
+    if wrong:
+        raise PipelineInputError(f"{path}: not a nightly state (missing or mistyped: {', '.join(wrong)}); {advice}")
+    champion = follow(root / CHAMPION)
+    if champion is not None and champion.is_dir() and champion.name not in state["promoted"]:
+        log.warning("state.json did not record the promotion of %s (the last night was stopped after moving the champion link); recorded now", champion.name)
+        state["promoted"].append(champion.name)
+    return state
+
+
+HISTORY_COLUMNS = [
+    "night", "date", "status", "events", "new_events", "users", "new_users", "items", "new_items", "texts_encoded",
+    "texts_from_cache", "training", "train_seconds", "metric", "champion", "challenger", "wall_seconds", "error",
+]
+
+
+def history_row(summary: dict) -> dict:
+    data, decision = summary["data"], summary["decision"]
+    return {
+        "night": summary["night"], "date": summary["date"], "status": summary["status"],
+        **{key: data[key] for key in ("events", "new_events", "users", "new_users", "items", "new_items")},
+        "texts_encoded": summary["texts"]["encoded"], "texts_from_cache": summary["texts"]["from_cache"],
+        "training": summary["training"]["mode"], "train_seconds": summary["training"]["seconds"],
+        "metric": decision["metric"], "champion": decision["champion"], "challenger": decision["challenger"],
+        "wall_seconds": summary["timings_seconds"]["total"],
+    }
+
+
+def append_history(root: Path, row: dict) -> None:
+    """Rewrite history.csv with one more row (through the atomic writer: a crash never leaves half a table).
+
+    The history is a report, not state: a damaged one is moved aside with a warning and a new one started, and a
+    failure to write it is logged, never turned into a failed night.
+    """
+    path = root / "history.csv"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        history = _read_history(path)
+        row_frame = pd.DataFrame([{column: row.get(column) for column in HISTORY_COLUMNS}])
+        write_table(pd.concat([history, row_frame], ignore_index=True) if len(history) else row_frame, path)
+    except (OSError, StorageError) as err:
+        log.error("%s: history row not written: %s", path, err)
+
+
+def _read_history(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    try:
+        history = pd.read_csv(path, dtype=str, keep_default_na=False)
+        unexpected = [column for column in history.columns if column not in HISTORY_COLUMNS]
+        if unexpected or "status" not in history.columns:
+            raise ValueError(f"unexpected columns {unexpected[:5]}")
+        return history
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        aside = path.with_name(f"{path.name}.damaged-{utc_now().replace(':', '')}")
+        os.replace(path, aside)
+        log.warning("%s: damaged (%s); moved to %s and started a new history", path, shorten(str(err)), aside.name)
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+
+
+def remove_old_nights(root: Path, keep: int, promoted: set[str]) -> None:
+    """Delete nights older than the last `keep`, except promoted ones and, whatever state.json says, the champion's."""
+    champion = follow(root / CHAMPION)
+    protected = promoted | ({champion.name} if champion is not None else set())
+    nights = root / "nights"
+    finished = sorted(path for path in nights.iterdir() if path.is_dir() and not path.is_symlink() and not path.name.startswith("."))
+    for night_dir in finished[:-keep]:
+        if night_dir.name not in protected:
+            faults.reached("nightly:retention")
+            shutil.rmtree(night_dir, onerror=lambda *failure: log.error("retention: cannot delete %s: %s", failure[1], failure[2][1]))
+            log.info("retention: deleted %s (older than the last %d nights, never promoted)", night_dir.name, keep)

@@ -1,0 +1,150 @@
+"""Durable files: the one atomic writer (every output goes through it), pointers swapped in one rename, the one
+file hasher, and readers that name the damaged file.
+
+`write_atomic` writes a temporary file beside the target, fsyncs it and renames it over the target; on failure it
+removes the temporary file, so the target is either the old complete file or the new complete file. Each write is a
+fault-injection step (`pipeline.faults`): `write:<file name>`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import faults
+from pipeline.errors import PipelineInputError, StorageError, shorten
+
+log = logging.getLogger("pipeline")
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def point(link: Path, target: Path) -> None:
+    """Make `link` lead to `target` in one rename (a relative symlink where the platform allows, else a text file)."""
+    relative = os.path.relpath(target, link.parent)
+    temporary = link.with_name(f".{link.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.symlink(relative, temporary, target_is_directory=True)
+    except OSError:
+        temporary.write_text(relative + "\n", encoding="utf-8")
+    faults.reached(f"write:{link.name}")
+    os.replace(temporary, link)
+    fsync_folder(link.parent)
+
+
+def follow(link: Path) -> Path | None:
+    """Where a pointer made by `point` leads, or None when there is none."""
+    if link.is_symlink() or link.is_dir():
+        return link.resolve()
+    if link.is_file():
+        return (link.parent / link.read_text(encoding="utf-8").strip()).resolve()
+    return None
+
+
+def write_atomic(path: Path, content: bytes | str) -> Path:
+    """The one writer: `content` into a temporary file beside `path`, fsynced, renamed over `path`.
+
+    On any failure (a kill aside) the temporary file is removed and `path` keeps its previous content; a full disk or
+    an unwritable folder is a `StorageError` naming the path.
+    """
+    payload = content.encode("utf-8") if isinstance(content, str) else content
+    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
+    try:
+        with temporary.open("wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            faults.reached(f"write:{path.name}")
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException as err:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise storage_error(path, err) from None
+        raise
+    return path
+
+
+def storage_error(path: Path, err: OSError) -> StorageError:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"{path}: disk full (no space left on device); the previous {path.name}, if any, is unchanged")
+    return StorageError(f"{path}: cannot write: {err.strerror or err}")
+
+
+def write_json_atomic(path: Path, payload) -> Path:
+    return write_atomic(path, json.dumps(payload, indent=2, default=json_default) + "\n")
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    """Parquet (`.parquet`, `.pq`, any case) or CSV, through `write_atomic`."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        return write_atomic(path, buffer.getvalue())
+    return write_atomic(path, frame.to_csv(index=False))
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete the temporary files (`.<name>.<pid>.tmp`) that a killed process left in `folder`."""
+    for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
+            log.info("removed %s, left by a process that was stopped while writing it", path)
+
+
+def read_json_file(path: Path, what: str):
+    """A JSON file of a run or of the nightly root; missing or damaged is bad input naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineInputError(f"{path}: missing ({what})") from None
+    except (ValueError, OSError) as err:
+        raise PipelineInputError(f"{path}: damaged {what}: {shorten(str(err))}") from None
+
+
+def file_fingerprint(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    fsync_folder(folder)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make renames inside `folder` durable (a power cut must not undo a publish the log reported)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
