@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from pipeline.data.prepare import EvalCases
 from pipeline.distributed import map_sharded
@@ -55,6 +54,8 @@ def category_metrics(true_categories: list[np.ndarray], predicted: np.ndarray) -
     truth = np.array(
         [guess if guess in categories else categories[0] for guess, categories in zip(predicted, true_categories)]
     )
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support  # ~2 s to import: not at start-up
+
     precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, average="macro", zero_division=0)
     return {
         "accuracy": float(accuracy_score(truth, predicted)),

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
 
 from pipeline.data.prepare import PreparedData
 from pipeline.errors import PipelineInputError
@@ -35,7 +33,7 @@ class CategoryClassifier(ScoringModel):
         # Logistic regression lives in these buffers (so it saves); a random forest cannot be saved without pickle.
         self.register_buffer("coefficients", torch.zeros(n_categories, n_categories + width))
         self.register_buffer("intercepts", torch.zeros(n_categories))
-        self.forest: RandomForestClassifier | None = None
+        self.forest = None  # sklearn's RandomForestClassifier once fitted
 
     def features(self, histories: list[np.ndarray]) -> torch.Tensor:
         weights = recency_weights(histories, self.max_length, self.half_life, self.n_items)
@@ -62,6 +60,8 @@ class CategoryClassifier(ScoringModel):
         if self.kind == "logistic_regression":
             self._store_logistic(features, labels, sample_weights)
         else:
+            from sklearn.ensemble import RandomForestClassifier  # scikit-learn loads in ~2 s: only when used
+
             self.forest = RandomForestClassifier(n_estimators=100, min_samples_leaf=3, n_jobs=-1, random_state=self.seed)
             self.forest.fit(features, labels, sample_weight=sample_weights)
 
@@ -71,6 +71,8 @@ class CategoryClassifier(ScoringModel):
         coefficients = np.zeros((len(classes), features.shape[1]), dtype=np.float32)
         intercepts = np.zeros(len(classes), dtype=np.float32)
         if len(classes) > 1:
+            from sklearn.linear_model import LogisticRegression
+
             classifier = LogisticRegression(max_iter=500, C=1.0).fit(features, labels, sample_weight=sample_weights)
             if len(classes) == 2:  # scikit-learn keeps one logit z for two classes: softmax([-z/2, z/2]) = sigmoid(z)
                 coefficients = np.stack([-classifier.coef_[0] / 2, classifier.coef_[0] / 2])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from pipeline.data.prepare import PreparedData
 from pipeline.models.base import ScoringModel, recency_weights
@@ -40,6 +39,8 @@ class TfidfContent(ScoringModel):
 
     def fit_statistics(self, data: PreparedData) -> None:
         super().fit_statistics(data)
+        from sklearn.feature_extraction.text import TfidfVectorizer  # scikit-learn loads in ~2 s: only when used
+
         vectorizer = TfidfVectorizer(sublinear_tf=True, stop_words="english", ngram_range=(1, 2), min_df=2, dtype=np.float32)
         # Row 0 is the padding item's empty text; fitting on item text only, no behavior, so nothing leaks.
         matrix = vectorizer.fit_transform(data.item_texts).tocsr()
