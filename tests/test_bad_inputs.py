@@ -1,9 +1,12 @@
-"""The bad-input corpus (tests/bad_inputs/): each input gets one line naming the file and row or the key, and
-nothing under the output root; or documented, logged handling."""
+"""The bad-input corpus (tests/bad_inputs/ and the cases built below): each input gets one line naming the file and
+row or the key path, `validate` and `run` give the same message, and nothing is written under the output root; or
+documented, logged handling."""
 
+import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from pipeline.outputs import load_model_state, save_model
 from tests.conftest import REPO, write_yaml
 
 CORPUS = Path(__file__).parent / "bad_inputs"
+JSONL = {"path": None, "format": "jsonl"}
 
 # (corpus file, the data file it stands in for, the error it must give)
 BAD_DATA = [
@@ -37,6 +41,24 @@ BAD_DATA = [
     ("truncated.jsonl", "interactions", r"truncated\.jsonl: cannot read as jsonl"),
     ("items_duplicate_id.csv", "items", r"items_duplicate_id\.csv: row 3: item id '1' repeats row 1"),
     ("does_not_exist.csv", "interactions", r"data\.interactions\.path: file not found: .*does_not_exist\.csv$"),
+    ("object_user_id.jsonl", "interactions", r"object_user_id\.jsonl: row 2: 'userId' value \{'id': 1\} is an object, not an id \(text or a number\)$"),
+    ("list_item_id.jsonl", "interactions", r"list_item_id\.jsonl: row 1: 'movieId' value \[1, 2\] is a list, not an id"),
+    ("boolean_user_id.jsonl", "interactions", r"boolean_user_id\.jsonl: row 1: 'userId' value True is a boolean, not an id"),
+    ("boolean_timestamp.jsonl", "interactions", r"boolean_timestamp\.jsonl: row 2: 'timestamp' value True is a boolean, not a time"),
+    ("list_timestamp.jsonl", "interactions", r"list_timestamp\.jsonl: row 1: 'timestamp' value \[964982703\] is a list, not a time"),
+    ("boolean_rating.jsonl", "interactions", r"boolean_rating\.jsonl: row 1: 'rating' value False is a boolean, not a number"),
+    ("year_3000.csv", "interactions", r"year_3000\.csv: row 2: 'timestamp' value '3000-01-01T00:00:00Z' is outside 1970\.\.2100"),
+    ("year_1.csv", "interactions", r"year_1\.csv: row 1: 'timestamp' value '0001-01-01' is outside 1970\.\.2100"),
+    ("timestamp_overflow.csv", "interactions", r"timestamp_overflow\.csv: row 1: 'timestamp' value '1e400' is outside 1970\.\.2100"),
+    ("empty_timestamp.csv", "interactions", r"empty_timestamp\.csv: row 2: empty 'timestamp'$"),
+    ("infinite_rating.csv", "interactions", r"infinite_rating\.csv: row 2: 'rating' value 'inf' is not a finite number"),
+    ("nan_rating.csv", "interactions", r"nan_rating\.csv: row 2: 'rating' value 'NaN' is not a number"),
+    ("empty_rating.csv", "interactions", r"empty_rating\.csv: row 2: empty 'rating'"),
+    ("unclosed_quote.csv", "interactions", r"unclosed_quote\.csv: malformed CSV: "),
+    ("only_unknown_items.csv", "interactions", r"only_unknown_items\.csv: no interactions left after cleaning and filtering"),
+    ("items_empty_id.csv", "items", r"items_empty_id\.csv: row 2: empty 'movieId'"),
+    ("items_missing_text_field.csv", "items", r"items_missing_text_field\.csv: missing column 'title'"),
+    ("tags_missing_column.csv", "tags", r"tags_missing_column\.csv: missing column 'tag'"),
 ]
 
 
@@ -44,13 +66,51 @@ def nothing_written(root: Path) -> bool:
     return not root.exists() or not any(root.rglob("*"))
 
 
+def refused_alike(config, message: str, root: Path) -> str:
+    """`validate` and `run` refuse `config` with the same one-line message matching `message`; nothing is written."""
+    with pytest.raises(pipeline.PipelineInputError, match=message) as by_validate:
+        pipeline.validate(config)
+    assert nothing_written(root)
+    with pytest.raises(pipeline.PipelineInputError) as by_run:
+        pipeline.run(config)
+    assert str(by_run.value) == str(by_validate.value)
+    assert "\n" not in str(by_run.value) and len(str(by_run.value)) < 600
+    assert nothing_written(root)
+    return str(by_run.value)
+
+
 @pytest.mark.parametrize("name, role, message", BAD_DATA, ids=[case[0] for case in BAD_DATA])
 def test_bad_data_file(tiny_config, tmp_path, name, role, message):
     tiny_config["data"][role]["path"] = str(CORPUS / name)
-    with pytest.raises(pipeline.PipelineInputError, match=message) as error:
-        pipeline.run(tiny_config)
-    assert "\n" not in str(error.value)
-    assert nothing_written(tmp_path / "runs")
+    if name.endswith(".jsonl"):
+        tiny_config["data"][role]["format"] = "jsonl"
+    if name == "infinite_rating.csv":
+        tiny_config["data"]["rating_range"] = None  # no range to be outside of: the value itself is refused
+    refused_alike(tiny_config, message, tmp_path / "runs")
+
+
+def parquet_interactions(folder: Path, **columns) -> Path:
+    frame = pd.DataFrame({"userId": [1, 1], "movieId": [1, 3], "rating": [4.0, 4.0], "timestamp": [964982703, 964981247]})
+    for name, values in columns.items():
+        frame[name] = values
+    path = folder / "interactions.parquet"
+    frame.to_parquet(path, index=False)
+    return path
+
+
+BAD_PARQUET = [
+    ("list_ids", {"movieId": [[1], [3]]}, r"interactions\.parquet: row 1: 'movieId' value array\(\[1\]\) is a list, not an id"),
+    ("boolean_ratings", {"rating": [True, False]}, r"interactions\.parquet: row 1: 'rating' value True is a boolean, not a number$"),
+    ("native_time_year_2200", {"timestamp": pd.to_datetime(["2000-01-01", "2200-01-01"]).as_unit("s")},
+     r"interactions\.parquet: row 2: 'timestamp' value '2200-01-01 00:00:00' is outside 1970\.\.2100"),
+    ("native_time_missing", {"timestamp": pd.to_datetime(["2000-01-01", None])}, r"interactions\.parquet: row 2: empty 'timestamp'"),
+]
+
+
+@pytest.mark.parametrize("columns, message", [case[1:] for case in BAD_PARQUET], ids=[case[0] for case in BAD_PARQUET])
+def test_bad_parquet_file(tiny_config, tmp_path, columns, message):
+    tiny_config["data"]["interactions"]["path"] = str(parquet_interactions(tmp_path, **columns))
+    refused_alike(tiny_config, message, tmp_path / "runs")
 
 
 def set_key(config: dict, dotted: str, value) -> dict:
@@ -72,36 +132,93 @@ BAD_CONFIG = [
     ("eval.ks", [0, 10], r"eval\.ks: .*every K must be >= 1"),
     ("data.rating_range", "high", r"data\.rating_range: .*\(got 'high'\)"),
     ("encoder.model", "./no/such/encoder", r"encoder\.model: model folder not found: .*no/such/encoder$"),
+    ("seed", -1, r"seed: Input should be greater than or equal to 0 \(got -1\)"),
+    ("seed", 2**32, r"seed: Input should be less than or equal to 4294967295 \(got 4294967296\)"),
+    ("data.cold_item_seed", 2**40, r"data\.cold_item_seed: Input should be less than or equal to 4294967295"),
+    ("data.items.category_separator", "", r"data\.items\.category_separator: String should have at least 1 character"),
+    ("data.rating_range", [math.nan, 5.0], r"data\.rating_range\.0: Input should be a finite number"),
+    ("train.epochs", True, r"train\.epochs: expected a number or text, not a boolean \(got True\)"),
+    ("eval.ks", [True, 10], r"eval\.ks: expected a number or text, not a boolean"),
+    ("train.learning_rate", math.inf, r"train\.learning_rate: Input should be a finite number"),
+    ("train.learning_rate", 0, r"train\.learning_rate: Input should be greater than 0"),
+    ("data.items.text_template", "{title.upper}", r"data\.items\.text_template: \{title\.upper\}: only plain field names"),
+    ("data.items.text_template", "{title[0]}", r"data\.items\.text_template: \{title\[0\]\}: only plain field names"),
+    ("data.items.text_template", "{} and {0}", r"data\.items\.text_template: \{\}: only plain field names"),
+    ("data.items.text_template", "{title", r"data\.items\.text_template: not a valid template"),
+    ("data.items.text_template", "{plot}", r"data\.items\.text_template: '\{plot\}' uses 'plot' but the fields are"),
+    ("data.interactions.columns.item", "userId", r"data\.interactions\.columns: user and item both map to column 'userId'; each role needs its own column$"),
+    ("data.interactions.columns.rating", "timestamp", r"data\.interactions\.columns: timestamp and rating both map to column 'timestamp'"),
+    ("train.epochs", "9" * 100_000, r"train\.epochs: .*\(got '9{60,}… \(100,002 characters\)\)"),
+    ("model.name", "transfomer", r"model\.name: Input should be 'transformer', "),
+    ("output.top_k", 0, r"output\.top_k: Input should be greater than or equal to 1"),
+    ("nightly.metric", "ndcg@7", r"nightly\.metric: 'ndcg@7' is not reported"),
+    ("train.weight_average_decay", 1.0, r"train\.weight_average_decay: Input should be less than 1"),
+    ("model.dropout", 1.5, r"model\.dropout: Input should be less than 1"),
+    ("data.split.method", "random", r"data\.split\.method: Input should be 'leave_last_out' or 'time_cut'"),
+    ("encoder.pooling", "max", r"encoder\.pooling: Input should be 'mean' or 'cls'"),
+    ("model.num_heads", 3, r"hidden_size \(16\) must be divisible by num_heads \(3\)"),
+    ("name", "../escape", r"name: String should match pattern"),
+    ("compare.fusion", [["a", "b"]], r"compare: .*fusion members \['a', 'b'\] are not among the compared models"),
+    ("data.min_user_interactions", 1, r"data\.min_user_interactions: Input should be greater than or equal to 3"),
+    ("encoder.max_length", 4, r"encoder\.max_length: Input should be greater than or equal to 8"),
+    ("data.interactions.event_types", ["click"], r"data\.interactions\.event_types: needs data\.interactions\.columns\.event"),
 ]
 
 
-@pytest.mark.parametrize("key, value, message", BAD_CONFIG, ids=[case[0] + "=" + str(case[1]) for case in BAD_CONFIG])
+@pytest.mark.parametrize("key, value, message", BAD_CONFIG, ids=[f"{case[0]}={str(case[1])[:20]}" for case in BAD_CONFIG])
 def test_bad_config_value(tiny_config, tmp_path, key, value, message):
-    with pytest.raises(pipeline.PipelineInputError, match=message) as error:
-        pipeline.run(set_key(tiny_config, key, value))
-    assert "\n" not in str(error.value)
-    assert nothing_written(tmp_path / "runs")
+    refused_alike(set_key(tiny_config, key, value), message, tmp_path / "runs")
 
 
-def test_yaml_syntax_error_names_file_and_line():
-    with pytest.raises(pipeline.PipelineInputError, match=r"yaml_syntax_error\.yaml: .*line 4") as error:
-        load_config(CORPUS / "yaml_syntax_error.yaml")
-    assert "\n" not in str(error.value)
+# (corpus YAML file, the error it must give)
+BAD_YAML = [
+    ("yaml_syntax_error.yaml", r"yaml_syntax_error\.yaml: line 4, column \d+: YAML syntax error"),
+    ("duplicate_key.yaml", r"duplicate_key\.yaml: line 4, column 3: duplicate key 'epochs'$"),
+    ("alias_bomb.yaml", r"alias_bomb\.yaml: expands to 4,412,961,516 values through aliases \(at most 100,000\)$"),
+    ("recursive_alias.yaml", r"recursive_alias\.yaml: .*(refers to its own parent|alias)"),
+    ("top_level_list.yaml", r"top_level_list\.yaml: expected a mapping of sections at the top level$"),
+    ("not_utf8.csv", r"not_utf8\.csv: not UTF-8 text"),
+    ("no_such_config.yaml", r"no_such_config\.yaml: config file not found$"),
+]
+
+
+@pytest.mark.parametrize("name, message", BAD_YAML, ids=[case[0] for case in BAD_YAML])
+def test_bad_config_file(tmp_path, name, message):
+    started = time.perf_counter()
+    for check in (pipeline.validate, pipeline.run):
+        with pytest.raises(pipeline.PipelineInputError, match=message) as error:
+            check(CORPUS / name)
+        assert "\n" not in str(error.value)
+    assert time.perf_counter() - started < 5  # the alias bomb is refused before it expands
+
+
+def test_config_file_over_the_size_limit(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text("name: x\n" + "# padding\n" * 120_000)
+    with pytest.raises(pipeline.PipelineInputError, match=r"huge\.yaml: 1,200,008 bytes; a config file is at most 1,048,576 bytes"):
+        pipeline.validate(path)
 
 
 def test_output_root_that_is_a_file(tiny_config, tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     tiny_config["output"]["root"] = str(tmp_path / "a_file")
-    with pytest.raises(pipeline.PipelineInputError, match=r"output\.root: exists and is not a folder: .*a_file$"):
-        pipeline.run(tiny_config)
+    refused_alike(tiny_config, r"output\.root: exists and is not a folder: .*a_file$", tmp_path / "runs")
     assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
 def test_output_root_that_cannot_be_created(tiny_config, tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     tiny_config["output"]["root"] = str(tmp_path / "a_file" / "runs")
-    with pytest.raises(pipeline.PipelineInputError, match=r"output\.root: cannot write to .*a_file/runs: Not a directory"):
-        pipeline.run(tiny_config)
+    refused_alike(tiny_config, r"output\.root: cannot write to .*a_file/runs: Not a directory", tmp_path / "runs")
+
+
+def test_nightly_root_that_is_a_file(tiny_config, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    tiny_config["nightly"] = {"root": str(tmp_path / "a_file")}
+    refused_alike(tiny_config, r"nightly\.root: exists and is not a folder: .*a_file$", tmp_path / "runs")
+    with pytest.raises(pipeline.PipelineInputError, match=r"nightly\.root: exists and is not a folder"):
+        pipeline.nightly(tiny_config)
+    assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
 def test_checkpoint_of_another_shape(tiny_config, tmp_path):

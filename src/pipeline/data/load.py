@@ -96,15 +96,19 @@ def _row(index: int) -> int:
 def _reject_non_scalars(values: pd.Series, path: Path, column: str, what: str, booleans: bool = False) -> None:
     """JSONL and Parquet cells can hold lists, objects or booleans where a plain value belongs: name the first row."""
     if values.dtype == bool and not booleans:
-        raise PipelineInputError(f"{path}: row 1: {column!r} value {shorten(values.iloc[0])} is a boolean, not {what}")
+        raise PipelineInputError(f"{path}: row 1: {column!r} value {bool(values.iloc[0])} is a boolean, not {what}")
     if values.dtype != object:
         return
-    kinds = (list, tuple, dict, set, np.ndarray) if booleans else (list, tuple, dict, set, np.ndarray, bool, np.bool_)
-    bad = values.map(lambda value: isinstance(value, kinds)).to_numpy(dtype=bool)
+    kinds = {list: "a list", tuple: "a list", set: "a list", np.ndarray: "a list", dict: "an object"}
+    if not booleans:
+        kinds.update({bool: "a boolean", np.bool_: "a boolean"})
+    bad = values.map(lambda value: isinstance(value, tuple(kinds))).to_numpy(dtype=bool)
     if bad.any():
         index = int(np.argmax(bad))
-        kind = "a boolean" if isinstance(values.iloc[index], (bool, np.bool_)) else f"a {type(values.iloc[index]).__name__}"
-        raise PipelineInputError(f"{path}: row {_row(index)}: {column!r} value {shorten(values.iloc[index])} is {kind}, not {what}")
+        value = values.iloc[index]
+        kind = next(name for kind, name in kinds.items() if isinstance(value, kind))
+        shown = bool(value) if kind == "a boolean" else shorten(value)
+        raise PipelineInputError(f"{path}: row {_row(index)}: {column!r} value {shown} is {kind}, not {what}")
 
 
 def _clean_ids(values: pd.Series, path: Path, column: str) -> pd.Series:
@@ -121,10 +125,10 @@ def parse_timestamps(values: pd.Series, path: Path, column: str) -> np.ndarray:
     """Unix seconds (int or float), ISO-8601 strings or a native datetime column (naive = UTC) -> int64 unix
     seconds, range-checked."""
     _reject_non_scalars(values, path, column, "a time")
+    missing = values.isna().to_numpy()
+    if missing.any():
+        raise PipelineInputError(f"{path}: row {_row(int(np.argmax(missing)))}: empty {column!r}")
     if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(values.dtype):
-        missing = values.isna().to_numpy()
-        if missing.any():
-            raise PipelineInputError(f"{path}: row {_row(int(np.argmax(missing)))}: empty {column!r}")
         seconds = _epoch_seconds(values if isinstance(values.dtype, pd.DatetimeTZDtype) else values.dt.tz_localize("UTC"))
     else:
         numeric = pd.to_numeric(values, errors="coerce")
