@@ -299,7 +299,7 @@ def _differing_keys(left, right, prefix: str = "") -> list[str]:
 
 def _check_same_inputs(path: Path, inputs: list[dict]) -> None:
     try:
-        stopped = {entry["path"]: entry["sha256"] for entry in read_json_file(path, "the stopped run's input fingerprints")}
+        stopped = {entry["path"]: entry["sha256"] for entry in read_json_file(path, "input fingerprints")}
     except (TypeError, KeyError):
         raise PipelineInputError(f"{path}: not a list of input fingerprints") from None
     for entry in inputs:
@@ -447,7 +447,7 @@ class LoadedRun:
 def load_run(run_dir: str | Path) -> LoadedRun:
     run_dir = resolve_run(run_dir)
     config = load_config(run_dir / "config.resolved.yaml", check_paths=False, complete=True)
-    catalog_info = read_json_file(run_dir / "catalog.json", "the run's catalog")
+    catalog_info = read_json_file(run_dir / "catalog.json", "run catalog")
     try:
         item_ids = np.array([None, *catalog_info["item_ids"]], dtype=object)
         n_items, n_categories = len(item_ids) - 1, len(catalog_info["category_names"])

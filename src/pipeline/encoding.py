@@ -20,7 +20,7 @@ import torch
 
 from pipeline import distributed
 from pipeline.config import DEFAULT_ENCODER, EncoderConfig
-from pipeline.errors import PipelineInputError, StorageError, shorten
+from pipeline.errors import PipelineInputError, StorageError, clip
 from pipeline.storage import write_atomic
 
 log = logging.getLogger("pipeline")
@@ -140,7 +140,7 @@ class EmbeddingCache:
             except FileNotFoundError:
                 continue  # merged and deleted by another process meanwhile: its vectors are in that merge
             except Exception as err:  # a truncated or foreign file fails in zipfile, numpy or here
-                log.warning("embedding cache: ignoring damaged shard %s (%s); its texts are encoded again", shard, shorten(str(err)))
+                log.warning("embedding cache: ignoring damaged shard %s (%s); its texts are encoded again", shard, clip(str(err)))
                 handled.append(shard)
                 continue
             if self.width is not None and vectors.shape[1] != self.width:
@@ -180,7 +180,7 @@ class EmbeddingCache:
         except (OSError, StorageError) as err:
             log.warning(
                 "embedding cache %s not written (%s); continuing without caching: %d new vectors stay in memory only",
-                self.folder, shorten(str(err), 200), len(keys),
+                self.folder, clip(str(err), 200), len(keys),
             )
 
     def _write_shard(self, keys: list[bytes], vectors: np.ndarray) -> None:

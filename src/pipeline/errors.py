@@ -16,7 +16,11 @@ class StorageError(Exception):
 
 def shorten(value, limit: int = MAX_ECHO) -> str:
     """`repr(value)` cut to `limit` characters, saying how long it was."""
-    text = repr(value)
+    return clip(repr(value), limit)
+
+
+def clip(text: str, limit: int = MAX_ECHO) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
     if len(text) <= limit:
         return text
     return f"{text[: limit - 1]}… ({len(text):,} characters)"

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from pipeline import faults
-from pipeline.errors import PipelineInputError, shorten
+from pipeline.errors import PipelineInputError, clip
 from pipeline.storage import (
     fsync_folder, fsync_tree, json_default, follow, point, remove_temporaries, write_atomic,
 )
@@ -188,7 +188,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise PipelineInputError(f"{path}: missing (model weights)") from None
     except Exception as err:  # safetensors raises its own error type for a damaged header or payload
-        raise PipelineInputError(f"{path}: damaged model weights: {shorten(str(err))}") from None
+        raise PipelineInputError(f"{path}: damaged model weights: {clip(str(err))}") from None
 
 
 def load_model_state(model: torch.nn.Module, path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import faults
-from pipeline.errors import PipelineInputError, StorageError, shorten
+from pipeline.errors import PipelineInputError, StorageError, clip
 
 log = logging.getLogger("pipeline")
 
@@ -109,7 +109,7 @@ def read_json_file(path: Path, what: str):
     except FileNotFoundError:
         raise PipelineInputError(f"{path}: missing ({what})") from None
     except (ValueError, OSError) as err:
-        raise PipelineInputError(f"{path}: damaged {what}: {shorten(str(err))}") from None
+        raise PipelineInputError(f"{path}: damaged {what}: {clip(str(err))}") from None
 
 
 def file_fingerprint(path: Path) -> dict:

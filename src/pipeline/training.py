@@ -27,7 +27,7 @@ from pipeline import distributed
 from pipeline.config import TrainConfig
 from pipeline.data.prepare import TRAIN, PreparedData
 from pipeline.encoding import resolve_device
-from pipeline.errors import PipelineInputError, shorten
+from pipeline.errors import PipelineInputError, clip
 from pipeline.evaluation import NonFiniteScores
 from pipeline.storage import write_atomic
 
@@ -364,7 +364,7 @@ def load_checkpoint(
         torch.set_rng_state(payload["torch_rng"])
     except Exception as err:  # a damaged file fails inside torch's unpickler or zip reader with many types
         raise PipelineInputError(
-            f"{path}: damaged epoch checkpoint ({type(err).__name__}: {shorten(str(err).splitlines()[0] if str(err) else '')}); "
+            f"{path}: damaged epoch checkpoint ({type(err).__name__}: {clip(str(err).splitlines()[0] if str(err) else '')}); "
             "start a new run"
         ) from None
     if payload["cuda_rng"] and torch.cuda.is_available():

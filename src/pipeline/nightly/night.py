@@ -31,7 +31,7 @@ from pipeline.config import Config, load_config
 from pipeline.data import TEST, PreparedData
 from pipeline.encoding import encode_items, encoder_identity
 from pipeline import faults
-from pipeline.errors import PipelineInputError, StorageError, shorten
+from pipeline.errors import PipelineInputError, StorageError, clip
 from pipeline.models import build_model, uses_text_embeddings
 from pipeline.models.warm_start import ShapeChanged, transplant
 from pipeline.nightly.lock import NightLock
@@ -225,11 +225,11 @@ def _load_champion(root: Path) -> tuple[Champion | None, str | None]:
         if not night_dir.is_dir():
             raise PipelineInputError(f"{link}: points at {night_dir}, which does not exist")
         config = load_config(night_dir / "config.resolved.yaml", check_paths=False, complete=True)
-        catalog_info = read_json_file(night_dir / "catalog.json", "the champion's catalog")
+        catalog_info = read_json_file(night_dir / "catalog.json", "champion catalog")
         vocabulary = {"items": [None, *catalog_info["item_ids"]], "categories": catalog_info["category_names"]}
         weights = read_weights(night_dir / "model.safetensors")
     except (PipelineInputError, KeyError, TypeError) as err:
-        problem = f"champion unusable: {shorten(str(err), 300)}"
+        problem = f"champion unusable: {clip(str(err), 300)}"
         log.warning("%s; tonight's challenger will be promoted if it trains and evaluates", problem)
         return None, problem
     return Champion(night_dir, config, weights, vocabulary), None
@@ -321,7 +321,7 @@ def _previous_profiles(root: Path, state: dict) -> pd.DataFrame | None:
     try:
         return pd.read_parquet(path)
     except Exception as err:  # pyarrow's own error types for a damaged file
-        log.warning("%s: unreadable (%s); tonight's profiles report no drift", path, shorten(str(err)))
+        log.warning("%s: unreadable (%s); tonight's profiles report no drift", path, clip(str(err)))
         return None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import faults
-from pipeline.errors import PipelineInputError, StorageError, shorten
+from pipeline.errors import PipelineInputError, StorageError, clip
 from pipeline.outputs import utc_now
 from pipeline.storage import follow, read_json_file, write_table
 
@@ -93,7 +93,7 @@ def _read_history(path: Path) -> pd.DataFrame:
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         aside = path.with_name(f"{path.name}.damaged-{utc_now().replace(':', '')}")
         os.replace(path, aside)
-        log.warning("%s: damaged (%s); moved to %s and started a new history", path, shorten(str(err)), aside.name)
+        log.warning("%s: damaged (%s); moved to %s and started a new history", path, clip(str(err)), aside.name)
         return pd.DataFrame(columns=HISTORY_COLUMNS)
 
 
