@@ -273,3 +273,248 @@ def test_cli_bad_input_is_exit_2_one_line_nothing_written(tiny_config, tmp_path)
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
     assert "ragged_row.csv: malformed CSV" in result.stderr
     assert nothing_written(tmp_path / "runs")
+
+
+# ---- damaged run directories: recommend, load_run, --resume --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_id_run(tiny_data, tmp_path_factory):
+    from tests.conftest import tiny_config_dict
+
+    root = tmp_path_factory.mktemp("finished")
+    config = tiny_config_dict(tiny_data, root / "runs", root / "cache", model={"item_representation": "id"}, train={"epochs": 1})
+    return config, pipeline.run(config).run_dir
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGED_RUN = [
+    ("model_garbage", lambda run: (run / "model.safetensors").write_bytes(b"\x00" * 64), r"model\.safetensors: damaged model weights"),
+    ("model_truncated", lambda run: truncate(run / "model.safetensors"), r"model\.safetensors: damaged model weights"),
+    ("catalog_truncated", lambda run: truncate(run / "catalog.json"), r"catalog\.json: damaged run catalog: "),
+    ("catalog_wrong_shape", lambda run: (run / "catalog.json").write_text("[1, 2]"), r"catalog\.json: not a run catalog"),
+    ("config_truncated", lambda run: (run / "config.resolved.yaml").write_text(
+        "\n".join((run / "config.resolved.yaml").read_text().splitlines()[:40]) + "\n"),
+     r"config\.resolved\.yaml: incomplete resolved config \(cut short\?\): missing "),
+    ("config_missing", lambda run: (run / "config.resolved.yaml").unlink(), r": not a finished run directory \(no config\.resolved\.yaml\)$"),
+    ("catalog_missing", lambda run: (run / "catalog.json").unlink(), r": not a finished run directory \(no catalog\.json\)$"),
+]
+
+
+@pytest.mark.parametrize("damage, message", [case[1:] for case in DAMAGED_RUN], ids=[case[0] for case in DAMAGED_RUN])
+def test_damaged_run_directory(finished_id_run, tmp_path, damage, message, capsys):
+    from pipeline import cli
+
+    _, run_dir = finished_id_run
+    copy = tmp_path / run_dir.name
+    __import__("shutil").copytree(run_dir, copy)
+    damage(copy)
+    with pytest.raises(pipeline.PipelineInputError, match=message):
+        pipeline.load_run(copy)
+    events = tmp_path / "events.csv"
+    events.write_text("userId,movieId,timestamp\nnew,1,100\n", encoding="utf-8")
+    assert cli.main(["recommend", str(copy), "--events", str(events), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and error.count("\n") == 0 and str(copy) in error
+
+
+DAMAGED_PARTIAL = [
+    ("checkpoint_garbage", "checkpoint.pt", b"not a checkpoint", r"checkpoint\.pt: damaged epoch checkpoint \("),
+    ("checkpoint_truncated", "checkpoint.pt", None, r"checkpoint\.pt: damaged epoch checkpoint \("),
+    ("inputs_missing", "inputs.json", "delete", r"inputs\.json: missing \(input fingerprints\)$"),
+    ("inputs_wrong_shape", "inputs.json", b'{"a": 1}', r"inputs\.json: not a list of input fingerprints$"),
+    ("config_missing", "config.resolved.yaml", "delete", r"config\.resolved\.yaml: config file not found$"),
+    ("config_truncated", "config.resolved.yaml", None, r"config\.resolved\.yaml: "),
+]
+
+
+@pytest.fixture(scope="module")
+def stopped_id_run(finished_id_run, tmp_path_factory):
+    """The partial folder of a run stopped after its first epoch (the checkpoint the loop writes)."""
+    config, run_dir = finished_id_run
+    from pipeline.outputs import owner_mark
+
+    folder = Path(config["output"]["root"]) / f".tiny-20200101T000000000000Z.partial-{owner_mark()}"
+    folder.mkdir()
+    for name in ("config.resolved.yaml", "inputs.json"):
+        (folder / name).write_bytes((run_dir / name).read_bytes())
+    stopped = {**config, "train": {**config["train"], "epochs": 2}}
+    (folder / "config.resolved.yaml").write_text(pipeline.load_config(stopped).to_yaml())
+    return stopped, folder
+
+
+@pytest.mark.parametrize("name, content, message", [case[1:] for case in DAMAGED_PARTIAL], ids=[case[0] for case in DAMAGED_PARTIAL])
+def test_damaged_stopped_run_is_refused_on_resume(stopped_id_run, tmp_path, name, content, message):
+    config, folder = stopped_id_run
+    copy = tmp_path / "runs" / folder.name
+    __import__("shutil").copytree(folder, copy)
+    (copy / "checkpoint.pt").write_bytes(_real_checkpoint(config, tmp_path))
+    path = copy / name
+    if content == "delete":
+        path.unlink()
+    elif content is None:
+        truncate(path)
+    else:
+        path.write_bytes(content)
+    config = {**config, "output": {**config["output"], "root": str(tmp_path / "runs")}}
+    if name != "config.resolved.yaml":
+        (copy / "config.resolved.yaml").write_text(pipeline.load_config(config).to_yaml())
+    with pytest.raises(pipeline.PipelineInputError, match=message) as error:
+        pipeline.run(config, resume=str(copy))
+    assert "\n" not in str(error.value)
+
+
+def _real_checkpoint(config: dict, tmp_path: Path) -> bytes:
+    """The checkpoint a one-epoch run leaves when killed before publishing."""
+    import torch
+
+    from pipeline import training
+
+    saved = {}
+    real = training.save_checkpoint
+
+    def keep(path, *args):
+        real(path, *args)
+        saved["bytes"] = path.read_bytes()
+
+    training.save_checkpoint = keep
+    try:
+        pipeline.run({**config, "output": {**config["output"], "root": str(tmp_path / "scratch")}})
+    finally:
+        training.save_checkpoint = real
+    assert torch.load(__import__("io").BytesIO(saved["bytes"]), weights_only=True)["epoch"] >= 1
+    return saved["bytes"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"{not json", r"state\.json: damaged nightly state: .*; move it away to start over \(the champion is kept\)$"),
+    (b'{"night": 3}', r"state\.json: not a nightly state \(missing or mistyped: night, finished_at, watermark, inputs, config_sha256, promoted\)"),
+    (b"[]", r"state\.json: not a nightly state \(missing or mistyped: night, "),
+], ids=["unparseable", "wrong_types", "a_list"])
+def test_damaged_nightly_state(tiny_config, tmp_path, content, message):
+    root = tmp_path / "nightly"
+    root.mkdir()
+    (root / "state.json").write_bytes(content)
+    tiny_config["nightly"] = {"root": str(root)}
+    with pytest.raises(pipeline.PipelineInputError, match=message):
+        pipeline.nightly(tiny_config)
+    assert (root / "state.json").read_bytes() == content
+    assert not (root / "nights").exists() or not any((root / "nights").iterdir())
+
+
+# ---- recommend --output --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lists.pq", "lists.PARQUET", "lists.parquet"])
+def test_recommend_output_parquet_by_suffix(finished_id_run, tmp_path, name):
+    from pipeline import cli
+
+    _, run_dir = finished_id_run
+    events = tmp_path / "events.csv"
+    events.write_text("userId,movieId,timestamp\nnew,1,100\n", encoding="utf-8")
+    assert cli.main(["recommend", str(run_dir), "--events", str(events), "--output", str(tmp_path / name), "--quiet"]) == 0
+    assert len(pd.read_parquet(tmp_path / name)) == 5
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["events.csv", name])
+
+
+def test_recommend_output_that_is_a_folder(finished_id_run, tmp_path, capsys):
+    from pipeline import cli
+
+    _, run_dir = finished_id_run
+    events = tmp_path / "events.csv"
+    events.write_text("userId,movieId,timestamp\nnew,1,100\n", encoding="utf-8")
+    (tmp_path / "out").mkdir()
+    assert cli.main(["recommend", str(run_dir), "--events", str(events), "--output", str(tmp_path / "out"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --output: {tmp_path / 'out'} is a folder; give a .csv or .parquet file path"
+    assert list((tmp_path / "out").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["events.csv", "out"]
+
+
+# ---- the embedding cache -------------------------------------------------------------------------------------------
+
+
+class CountingEncoder:
+    """Stands in for the text encoder: a vector per text from its hash, and a count of what it was asked."""
+
+    device, dtype, dimension = "cpu", "float32", 8
+
+    def __init__(self):
+        self.encoded = 0
+
+    def encode(self, texts, progress=False):
+        self.encoded += len(texts)
+        return np.stack([np.random.default_rng(abs(hash(text)) % 2**32).normal(size=8).astype(np.float32) for text in texts])
+
+
+def cache_config(folder: Path):
+    from pipeline.config import EncoderConfig
+
+    return EncoderConfig(cache_dir=str(folder))
+
+
+def cached_once(folder: Path, texts: list[str]):
+    from pipeline.encoding import encode_texts, encoder_identity
+
+    config = cache_config(folder)
+    encode_texts(texts, config, encoder=CountingEncoder())
+    (shard,) = (folder / encoder_identity(config)).glob("shard-*.npz")
+    return config, shard
+
+
+CACHE_DAMAGE = [
+    ("truncated", truncate),
+    ("empty", lambda shard: shard.write_bytes(b"")),
+    ("corrupted", lambda shard: shard.write_bytes(b"PK\x03\x04" + os.urandom(200))),
+    ("wrong_arrays", lambda shard: np.savez(open(shard, "wb"), keys=np.zeros((2, 2)), vectors=np.zeros(3))),
+]
+
+
+@pytest.mark.parametrize("damage", [case[1] for case in CACHE_DAMAGE], ids=[case[0] for case in CACHE_DAMAGE])
+def test_damaged_cache_shard_is_ignored_and_re_encoded(tmp_path, damage, caplog):
+    from pipeline.encoding import encode_texts
+
+    texts = ["a film", "another film", "a third"]
+    config, shard = cached_once(tmp_path, texts)
+    damage(shard)
+    encoder = CountingEncoder()
+    with caplog.at_level("WARNING", logger="pipeline"):
+        vectors, stats = encode_texts(texts, config, encoder=encoder)
+    assert f"embedding cache: ignoring damaged shard {shard}" in caplog.text
+    assert encoder.encoded == stats.encoded == 3 and vectors.shape == (3, 8)
+    _, stats = encode_texts(texts, config, encoder=CountingEncoder())
+    assert stats.encoded == 0  # the re-encoded vectors were stored
+
+
+def test_cache_shard_of_another_width_is_rejected(tmp_path, caplog):
+    from pipeline.encoding import encode_texts, text_key
+
+    texts = ["a film", "another film"]
+    config, shard = cached_once(tmp_path, texts)
+    foreign = shard.with_name("shard-zzzz.npz")
+    np.savez(open(foreign, "wb"), keys=np.array([text_key("a third")], dtype="S64"), vectors=np.zeros((1, 5), dtype=np.float32))
+    with caplog.at_level("WARNING", logger="pipeline"):
+        vectors, stats = encode_texts([*texts, "a third"], config, encoder=CountingEncoder())
+    assert f"embedding cache: ignoring shard {foreign}: vectors of width 5, the cache's are 8" in caplog.text
+    assert stats.encoded == 1 and vectors.shape == (3, 8)
+
+
+@pytest.mark.parametrize("problem", ["a_file", "disk_full"])
+def test_unwritable_cache_keeps_the_computed_vectors(tmp_path, problem, monkeypatch, caplog):
+    from pipeline.encoding import encode_texts
+
+    if problem == "a_file":
+        (tmp_path / "cache").write_text("not a folder")
+    else:
+        def full(path, content):
+            raise pipeline.StorageError(f"{path}: disk full (no space left on device)")
+
+        monkeypatch.setattr("pipeline.encoding.write_atomic", full)
+    config = cache_config(tmp_path / "cache")
+    with caplog.at_level("WARNING", logger="pipeline"):
+        vectors, stats = encode_texts(["a film", "another film"], config, encoder=CountingEncoder())
+    assert "not written" in caplog.text and "continuing without caching: 2 new vectors stay in memory only" in caplog.text
+    assert vectors.shape == (2, 8) and stats.encoded == 2
+    if problem == "a_file":
+        assert (tmp_path / "cache").read_text() == "not a folder"
