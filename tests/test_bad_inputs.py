@@ -262,6 +262,7 @@ def test_a_one_megabyte_text_field_is_cut_and_logged(tiny_config, tmp_path, capl
     assert max(len(text) for text in data.item_texts) == 5000
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_exit_2_one_line_nothing_written(tiny_config, tmp_path):
     tiny_config["data"]["interactions"]["path"] = str(CORPUS / "ragged_row.csv")
     config_path = write_yaml(tmp_path / "bad.yaml", tiny_config)

@@ -38,6 +38,7 @@ def finished_run(tiny_data, embedding_cache, tmp_path_factory):
     return root, config, result
 
 
+@pytest.mark.slow
 def test_run_writes_every_output(finished_run, tiny_data):
     root, _, result = finished_run
     run_dir = (root / "runs" / "latest").resolve()
@@ -69,6 +70,7 @@ def test_run_writes_every_output(finished_run, tiny_data):
     assert [row["epoch"] for row in history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_second_run_encodes_nothing(finished_run):
     _, config, _ = finished_run
     result = cli("run", config, "--set", "train.epochs=1")
@@ -76,6 +78,7 @@ def test_second_run_encodes_nothing(finished_run):
     assert " 0 encoded" in result.stderr
 
 
+@pytest.mark.slow
 def test_recommend_for_new_and_known_users(finished_run, tmp_path):
     root, _, _ = finished_run
     events = tmp_path / "events.csv"
@@ -87,6 +90,7 @@ def test_recommend_for_new_and_known_users(finished_run, tmp_path):
     assert not set(lists.loc[lists["user_id"] == "newcomer", "item_id"]) & {"1", "3114"}
 
 
+@pytest.mark.slow
 def test_validate_writes_nothing(tiny_data, embedding_cache, tmp_path):
     from tests.conftest import tiny_config_dict
 
@@ -97,6 +101,7 @@ def test_validate_writes_nothing(tiny_data, embedding_cache, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_code_2(tiny_data, embedding_cache, tmp_path):
     from tests.conftest import tiny_config_dict
 

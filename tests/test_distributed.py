@@ -12,6 +12,8 @@ import pytest
 import pipeline
 from tests.conftest import REPO, tiny_config_dict, write_yaml
 
+pytestmark = pytest.mark.slow  # subprocesses and real training: the full suite, not the fast tier
+
 # Float sums run in a different order across two processes (gradient all-reduce, split batches): agreement to 1e-4.
 TOLERANCE = 1e-4
 

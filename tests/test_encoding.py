@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from pipeline.config import EncoderConfig, load_config
-from pipeline.encoding import TextEncoder, behavior_texts, encode_behavior, encode_texts, encoder_identity
+from pipeline.encoding import (
+    TextEncoder,
+    behavior_texts,
+    encode_behavior,
+    encode_texts,
+    encoder_identity,
+)
 from pipeline.errors import PipelineInputError
 
 TEXTS = ["Toy Story (1995). Genres: Animation", "Heat (1995). Genres: Action|Crime", "a", "Jumanji (1995)"]

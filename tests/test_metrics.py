@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation import catalog_coverage, category_metrics, rank_users, ranking_metrics, rating_metrics
+from pipeline.evaluation import (
+    catalog_coverage,
+    category_metrics,
+    rank_users,
+    ranking_metrics,
+    rating_metrics,
+)
 
 
 def test_ranking_metrics_single_target_by_hand():

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.api import evaluate, train
 from pipeline.config import load_config
 from pipeline.data import TEST, load_data, prepare
-from pipeline.api import evaluate, train
 from pipeline.models import build_model
 
 N_ITEMS, N_USERS, LENGTH = 100, 150, 12
@@ -54,6 +54,7 @@ def synthetic_config(folder, tmp_path, model, **model_options):
     )
 
 
+@pytest.mark.slow
 def test_sequence_models_beat_popularity_on_learnable_signal(synthetic, tmp_path):
     results = {}
     variants = {name: (name, {}) for name in ("popularity", "transformer", "lstm", "gru", "target_attention")}

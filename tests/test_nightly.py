@@ -40,6 +40,7 @@ def nights(root):
     return sorted(path.name for path in folder.iterdir() if not path.name.startswith(".") and path.name != "latest")
 
 
+@pytest.mark.slow
 def test_three_nights_then_a_degraded_challenger(night_config):
     root, config = night_config
     nightly_root = root / "runs" / "tiny-nightly"
@@ -92,6 +93,7 @@ def test_three_nights_then_a_degraded_challenger(night_config):
     assert "# Night" in (degraded.night_dir / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_two_nights_at_once_only_one_trains(night_config, tmp_path):
     root, config = night_config
     write_log_until(root / "data", 1.0)

@@ -3,9 +3,12 @@
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO, tiny_config_dict, write_yaml
+
+pytestmark = pytest.mark.slow  # subprocesses and real training: the full suite, not the fast tier
 
 
 def test_quickstart_notebook_executes(tiny_data, embedding_cache, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import pipeline
 from pipeline import api
 
 
+@pytest.mark.slow
 def test_failed_run_leaves_no_directory_and_keeps_latest(tiny_config, monkeypatch, tmp_path):
     tiny_config["train"]["epochs"] = 1
     first = pipeline.run(tiny_config)

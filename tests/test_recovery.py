@@ -19,7 +19,13 @@ import pipeline
 from pipeline import cli
 from pipeline.encoding import EmbeddingCache, text_key
 from pipeline.nightly.records import CHAMPION, read_state
-from pipeline.outputs import NIGHT_FILES, RUN_FILES, find_resumable, owner_mark, resumable_partials
+from pipeline.outputs import (
+    NIGHT_FILES,
+    RUN_FILES,
+    find_resumable,
+    owner_mark,
+    resumable_partials,
+)
 from pipeline.storage import write_atomic
 from tests.conftest import tiny_config_dict
 from tests.test_nightly import benchmark_nightly

@@ -90,6 +90,7 @@ def test_content_models_rank_similar_texts_first(tmp_path):
     assert scores[index_of(data, 2)] > scores[index_of(data, 4)]
 
 
+@pytest.mark.slow
 def test_compare_writes_one_leaderboard(tiny_config):
     tiny_config["train"]["epochs"] = 1
     tiny_config["compare"] = {

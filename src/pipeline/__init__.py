@@ -2,22 +2,52 @@
 
 End to end: `pipeline.run("configs/quickstart.yaml")`. Stage by stage: load_config -> load_data -> prepare ->
 encode -> build_model -> train -> evaluate; afterwards load_run / recommend; every night: `pipeline.nightly(config)`.
+
+Names are imported on first use, so `python -m pipeline --help` answers without loading torch.
 """
 
-from pipeline.api import (
-    CompareResult, LoadedRun, RunResult, compare, encode, evaluate, load_run, recommend, run, train, validate,
-)
-from pipeline.config import Config, load_config
-from pipeline.data import PreparedData, load_data, prepare
-from pipeline.encoding import TextEncoder, encode_behavior, encode_items, encode_texts
-from pipeline.errors import PipelineInputError, StorageError
-from pipeline.models import build_model
-from pipeline.nightly import NightResult, nightly
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CompareResult", "compare", "Config", "LoadedRun", "NightResult", "PipelineInputError", "PreparedData", "RunResult",
-    "TextEncoder", "build_model", "encode", "encode_behavior", "encode_items", "encode_texts", "evaluate", "load_config",
-    "load_data", "load_run", "nightly", "prepare", "recommend", "run", "StorageError", "train", "validate",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    **dict.fromkeys(
+        ["CompareResult", "LoadedRun", "RunResult", "compare", "encode", "evaluate", "load_run", "recommend", "run",
+         "train", "validate"], "pipeline.api",
+    ),
+    **dict.fromkeys(["Config", "load_config"], "pipeline.config"),
+    **dict.fromkeys(["PreparedData", "load_data", "prepare"], "pipeline.data"),
+    **dict.fromkeys(["TextEncoder", "encode_behavior", "encode_items", "encode_texts"], "pipeline.encoding"),
+    **dict.fromkeys(["PipelineInputError", "StorageError"], "pipeline.errors"),
+    "build_model": "pipeline.models",
+    **dict.fromkeys(["NightResult", "nightly"], "pipeline.nightly"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])
+
+
+class _Package(types.ModuleType):
+    """`pipeline.nightly` is the function; importing the `pipeline.nightly` subpackage must not rebind the name to it."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and name in _EXPORTS:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -68,12 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before the imports below: --help needs no torch
+
+    from pipeline import distributed
     from pipeline.nightly import EXIT_LOCK_HELD, LockHeld
     from pipeline.training import StopRequest, TrainingStopped
 
-    from pipeline import distributed
-
-    args = build_parser().parse_args(argv)
     distributed.init_from_environment()  # under torchrun: join the other ranks
     _configure_logging(args.debug, args.quiet or not distributed.is_main())
     keep_freed_memory()
