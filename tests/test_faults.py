@@ -87,17 +87,22 @@ def run_config(tiny_data, tmp_path_factory):
     )
 
 
-@pytest.mark.parametrize("step", RUN_STEPS)
-def test_run_killed_at_every_step(fork_server, run_config, step):
-    root, config = run_config
+def kill_then_run_again(fork_server, config: dict, step: str, resume: str | None) -> None:
+    """Kill a run at `step`, check the invariants, then run again (resuming if a checkpoint is left) and check them."""
     runs = Path(config["output"]["root"])
-    shutil.rmtree(runs, ignore_errors=True)
-    kill_at(fork_server, "run", config, step)
+    kill_at(fork_server, "run", config, step, resume)
     assert_invariants(runs, RUN_FILES)
     stopped = [path for path in runs.glob(".tiny-*.partial-*") if (path / "checkpoint.pt").is_file()]
     result = pipeline.run(config, resume="auto" if stopped else None)
     assert_invariants(runs, RUN_FILES)
     assert (runs / LATEST).resolve() == result.run_dir
+
+
+@pytest.mark.parametrize("step", RUN_STEPS)
+def test_run_killed_at_every_step(fork_server, run_config, step):
+    root, config = run_config
+    shutil.rmtree(config["output"]["root"], ignore_errors=True)
+    kill_then_run_again(fork_server, config, step, resume=None)
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +123,8 @@ def stopped_run(fork_server, run_config, tmp_path_factory):
 @pytest.mark.parametrize("step", RESUME_STEPS)
 def test_resume_killed_at_every_step(fork_server, run_config, stopped_run, step):
     root, config = run_config
-    runs = Path(config["output"]["root"])
-    restore(stopped_run, runs)
-    kill_at(fork_server, "run", config, step, resume="auto")
-    assert_invariants(runs, RUN_FILES)
-    stopped = [path for path in runs.glob(".tiny-*.partial-*") if (path / "checkpoint.pt").is_file()]
-    result = pipeline.run(config, resume="auto" if stopped else None)
-    assert_invariants(runs, RUN_FILES)
-    assert (runs / LATEST).resolve() == result.run_dir
+    restore(stopped_run, Path(config["output"]["root"]))
+    kill_then_run_again(fork_server, config, step, resume="auto")
 
 
 @pytest.fixture(scope="module")
