@@ -248,13 +248,13 @@ def test_recommend_refuses_an_unpublished_folder(id_config, tmp_path, capsys):
 
 
 def test_a_concurrent_merge_keeps_the_other_process_vectors(tmp_path, monkeypatch):
-    monkeypatch.setattr("pipeline.encoding.MAX_CACHE_SHARDS", 3)
+    monkeypatch.setattr("pipeline.encoding.MAX_CACHE_SHARDS", 4)
     vectors = lambda n, seed: np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)  # noqa: E731
     keys = lambda prefix, n: [text_key(f"{prefix}{i}") for i in range(n)]  # noqa: E731
     seeding = EmbeddingCache(tmp_path, "id")
     for shard in range(3):
         seeding.add(keys(f"s{shard}-", 2), vectors(2, shard))
-    first = EmbeddingCache(tmp_path, "id")  # has read the three shards
+    first = EmbeddingCache(tmp_path, "id")  # has read the three shards; a fourth makes its next add merge
     other = EmbeddingCache(tmp_path, "id")
     other.add(keys("other-", 5), vectors(5, 9))  # another process: a fourth shard, after `first` read the folder
     first.add(keys("first-", 1), vectors(1, 8))  # merges: must not delete what it has not read
