@@ -519,3 +519,27 @@ def test_unwritable_cache_keeps_the_computed_vectors(tmp_path, problem, monkeypa
     assert vectors.shape == (2, 8) and stats.encoded == 2
     if problem == "a_file":
         assert (tmp_path / "cache").read_text() == "not a folder"
+
+
+# ---- accepted as they are ------------------------------------------------------------------------------------------
+
+
+def test_ids_that_look_like_digits_but_are_not_numbers_are_text_ids(tiny_config, tmp_path):
+    ratings = pd.read_csv(tiny_config["data"]["interactions"]["path"], dtype=str)
+    ratings.loc[ratings["userId"] == "2", "userId"] = "²"  # str.isdigit() says yes, int() says no
+    ratings.to_csv(tmp_path / "ratings.csv", index=False)
+    tiny_config["data"]["interactions"]["path"] = str(tmp_path / "ratings.csv")
+    data = prepare(load_data(load_config(tiny_config).data), load_config(tiny_config).data)
+    assert data.user_ids[-1] == "²" and list(data.user_ids[:3]) == ["1", "3", "4"]
+
+
+@pytest.mark.parametrize("timezone", [None, "UTC", "Asia/Tokyo"], ids=["naive", "utc", "tokyo"])
+def test_native_parquet_timestamps_are_accepted(tiny_config, tmp_path, timezone):
+    ratings = pd.read_csv(tiny_config["data"]["interactions"]["path"])
+    expected = ratings["timestamp"].to_numpy()
+    times = pd.to_datetime(ratings["timestamp"], unit="s", utc=True)
+    ratings["timestamp"] = times.dt.tz_localize(None) if timezone is None else times.dt.tz_convert(timezone)
+    ratings.to_parquet(tmp_path / "ratings.parquet", index=False)
+    tiny_config["data"]["interactions"]["path"] = str(tmp_path / "ratings.parquet")
+    config = load_config(tiny_config)
+    assert (load_data(config.data).interactions["timestamp"].to_numpy() == expected).all()

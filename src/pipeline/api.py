@@ -25,7 +25,7 @@ from pipeline import distributed
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, VALID, PreparedData, RawData, load_data, prepare
 from pipeline.data.load import load_interactions
-from pipeline.encoding import EncodingStats, encode_items, resolve_device, resolve_model_source
+from pipeline.encoding import EncodingStats, encode_items, encoder_identity, resolve_device, resolve_model_source
 from pipeline.errors import PipelineInputError
 from pipeline.evaluation import Rankings, evaluate_model, rank_users, ranking_metrics
 from pipeline.models import build_model, uses_text_embeddings
@@ -196,7 +196,7 @@ def run(
     batch boundary (`TrainingStopped`), keeping the folder for resuming.
     """
     config = load_config(config_or_path, overrides)
-    resolve_model_source(config.encoder.model)
+    preflight(config, [config.model])
     stages = Stages(config, config.name, resume)
     with stages.publishing() as output:
         raw, data = stages.load()
@@ -246,6 +246,7 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
         raise PipelineInputError("compare.models: empty; list the models to compare, e.g. [{name: popularity}, {name: item_cf}]")
     if not any(model_config.name == BASELINE for model_config in model_configs.values()):
         model_configs = {BASELINE: config.model.model_copy(update={"name": BASELINE}), **model_configs}
+    preflight(config, list(model_configs.values()))
     stages = Stages(config, f"{config.name}-compare")
     with stages.publishing() as output:
         raw, data = stages.load()
@@ -392,14 +393,21 @@ def manifest(config: Config, source_files: list[Path], data: PreparedData, encod
     }
 
 
+def preflight(config: Config, models: list, root_key: str = "output.root") -> None:
+    """What `run`, `compare`, `nightly` and `validate` refuse before reading any data: an output root that cannot
+    hold runs, and an encoder that cannot be found (when a model reads item text)."""
+    check_output_root(config.nightly.root if root_key == "nightly.root" else config.output.root, root_key)
+    if any(uses_text_embeddings(model) for model in models):
+        encoder_identity(config.encoder)
+
+
 def validate(config_or_path: str | Path | dict | Config, overrides: list[str] | None = None) -> dict:
     """Everything `run` would refuse about config and data, checked without encoding, training or writing.
 
     Returns the summary `python -m pipeline validate` prints; raises `PipelineInputError` as `run` would.
     """
     config = load_config(config_or_path, overrides)
-    check_output_root(config.output.root)
-    resolve_model_source(config.encoder.model)
+    preflight(config, [config.model, *config.compared_models().values()])
     data = prepare(load_data(config.data), config.data)
     return {
         "events": len(data.events), "events_per_split": data.events["split"].value_counts().to_dict(),

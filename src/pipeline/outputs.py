@@ -54,14 +54,14 @@ COMPARE_FILES = frozenset({
 NIGHT_FILES = (RUN_FILES | {"profiles.parquet", "summary.json", "summary.md"})
 
 
-def check_output_root(root: str | Path) -> None:
+def check_output_root(root: str | Path, key: str = "output.root") -> None:
     """Refuse an output root that cannot hold run folders, before any work (and without creating it)."""
     root = Path(root)
     existing = next(folder for folder in (root, *root.parents) if folder.exists())
     if not existing.is_dir():
-        raise PipelineInputError(f"output.root: cannot write to {root}: Not a directory")
+        raise PipelineInputError(f"{key}: cannot write to {root}: Not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PipelineInputError(f"output.root: cannot write to {root}: Permission denied")
+        raise PipelineInputError(f"{key}: cannot write to {root}: Permission denied")
 
 
 class RunDirectory:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.api import (
-    Stages, catalog, encode, evaluate, protocol, recommendation_frame, selection_metric, validation_ranking,
+    Stages, preflight, catalog, encode, evaluate, protocol, recommendation_frame, selection_metric, validation_ranking,
 )
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, PreparedData
@@ -76,6 +76,7 @@ def nightly(
 ) -> NightResult:
     """Run one night (see the module docstring). Raises `LockHeld` when another night is running."""
     config = load_config(config_or_path, overrides)
+    preflight(config, [config.model], root_key="nightly.root")
     root = Path(config.nightly.root)
     with NightLock(root / "lock"):
         started = time.perf_counter()
