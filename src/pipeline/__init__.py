@@ -15,9 +15,9 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     **dict.fromkeys(
-        ["CompareResult", "LoadedRun", "RunResult", "compare", "encode", "evaluate", "load_run", "recommend", "run",
-         "train", "validate"], "pipeline.api",
+        ["LoadedRun", "RunResult", "encode", "evaluate", "load_run", "recommend", "run", "train", "validate"], "pipeline.api",
     ),
+    **dict.fromkeys(["CompareResult", "compare"], "pipeline.comparison"),
     **dict.fromkeys(["Config", "load_config"], "pipeline.config"),
     **dict.fromkeys(["PreparedData", "load_data", "prepare"], "pipeline.data"),
     **dict.fromkeys(["TextEncoder", "encode_behavior", "encode_items", "encode_texts"], "pipeline.encoding"),

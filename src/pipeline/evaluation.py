@@ -17,7 +17,6 @@ from pipeline.data.prepare import EvalCases
 from pipeline.distributed import map_sharded
 from pipeline.models.base import history_mask
 
-
 # ---- pure metric functions ---------------------------------------------------------------------------------------
 
 
@@ -54,7 +53,10 @@ def category_metrics(true_categories: list[np.ndarray], predicted: np.ndarray) -
     truth = np.array(
         [guess if guess in categories else categories[0] for guess, categories in zip(predicted, true_categories)]
     )
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support  # ~2 s to import: not at start-up
+    from sklearn.metrics import (  # ~2 s to import: not at start-up
+        accuracy_score,
+        precision_recall_fscore_support,
+    )
 
     precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, average="macro", zero_division=0)
     return {

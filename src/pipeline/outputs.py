@@ -29,9 +29,10 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from pipeline import faults
+from pipeline.encoding import resolve_device
 from pipeline.errors import PipelineInputError, clip
 from pipeline.storage import (
-    fsync_folder, fsync_tree, json_default, follow, point, remove_temporaries, write_atomic,
+    file_fingerprint, follow, fsync_folder, fsync_tree, json_default, point, remove_temporaries, write_atomic,
 )
 
 log = logging.getLogger("pipeline")
@@ -312,3 +313,32 @@ def utc_now() -> str:
 
 def elapsed(started: float) -> float:
     return round(time.perf_counter() - started, 3)
+
+
+def catalog(data, item_embeddings) -> dict:
+    """What `recommend` needs besides the weights: original ids and shapes."""
+    return {
+        "item_ids": data.item_ids[1:].tolist(),
+        "category_names": data.category_names,
+        "text_embedding_width": None if item_embeddings is None else int(item_embeddings.shape[1]),
+    }
+
+
+def manifest(config, source_files: list[Path], data, encoding, timings: dict, started_at: str) -> dict:
+    split_counts = data.events["split"].value_counts().to_dict()
+    return {
+        "name": config.name,
+        "started_at": started_at,
+        "finished_at": utc_now(),
+        "data": {
+            "files": [file_fingerprint(path) for path in source_files],
+            "events": int(len(data.events)),
+            "events_per_split": {key: int(value) for key, value in split_counts.items()},
+            "users": data.n_users,
+            "items": data.n_items,
+            "categories": len(data.category_names),
+        },
+        "encoding": encoding.to_dict() if encoding else None,
+        "timings_seconds": timings,
+        "environment": environment_manifest(str(resolve_device(config.train.device))),
+    }

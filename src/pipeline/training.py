@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
-import json
 import logging
 import math
 import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +22,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import distributed
+from pipeline.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from pipeline.config import TrainConfig
 from pipeline.data.prepare import TRAIN, PreparedData
 from pipeline.encoding import resolve_device
-from pipeline.errors import PipelineInputError, clip
+from pipeline.errors import PipelineInputError
 from pipeline.evaluation import NonFiniteScores
-from pipeline.storage import write_atomic
 
 log = logging.getLogger("pipeline")
 
@@ -243,16 +241,6 @@ def fit(
     return state.history
 
 
-@dataclass
-class LoopState:
-    """What the loop carries from one epoch to the next, besides weights, optimizer and random streams."""
-
-    epoch: int = 0
-    best_score: float = float("-inf")
-    best_state: dict | None = None
-    epochs_without_gain: int = 0
-    history: list[dict] = field(default_factory=list)
-
 
 def training_dtype(device: torch.device, precision: str) -> torch.dtype:
     """The compute dtype of the training steps for `train.precision` (auto: bf16 on CUDA, fp32 on CPU)."""
@@ -325,57 +313,6 @@ class WeightAverage:
             average.copy_(value)
 
 
-def save_checkpoint(
-    path: Path, state: LoopState, model: torch.nn.Module, optimizer, scheduler, average: WeightAverage,
-    order_rng: np.random.Generator,
-) -> None:
-    """Everything needed to continue exactly where this epoch ended, written to a temporary file, fsynced, renamed."""
-    payload = {
-        "epoch": state.epoch,
-        "best_score": state.best_score,
-        "best_state": state.best_state,
-        "epochs_without_gain": state.epochs_without_gain,
-        "history": json.dumps(state.history),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "weight_average": average.state_dict(),
-        "order_rng": json.dumps(order_rng.bit_generator.state),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    # Serialised in memory first, so a full disk surfaces as an OSError of the write (named by `write_atomic`), not
-    # as an error from inside torch's zip writer.
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    write_atomic(path, buffer.getvalue())
-
-
-def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer, scheduler, average: WeightAverage, order_rng: np.random.Generator
-) -> LoopState:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        average.load_state_dict(payload["weight_average"])
-        order_rng.bit_generator.state = json.loads(payload["order_rng"])
-        torch.set_rng_state(payload["torch_rng"])
-    except Exception as err:  # a damaged file fails inside torch's unpickler or zip reader with many types
-        raise PipelineInputError(
-            f"{path}: damaged epoch checkpoint ({type(err).__name__}: {clip(str(err).splitlines()[0] if str(err) else '')}); "
-            "start a new run"
-        ) from None
-    if payload["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    return LoopState(
-        epoch=payload["epoch"],
-        best_score=payload["best_score"],
-        best_state=payload["best_state"],
-        epochs_without_gain=payload["epochs_without_gain"],
-        history=json.loads(payload["history"]),
-    )
 
 
 def window_batches(

@@ -1,6 +1,12 @@
 """Load and prepare behavior logs: readers with column mapping, then dedup, filtering, vocabularies and splits."""
 
-from pipeline.data.load import RawData, load_data, load_interactions, load_items, read_table
+from pipeline.data.load import (
+    RawData,
+    load_data,
+    load_interactions,
+    load_items,
+    read_table,
+)
 from pipeline.data.prepare import TEST, TRAIN, VALID, EvalCases, PreparedData, prepare
 
 __all__ = [

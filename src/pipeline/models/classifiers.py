@@ -60,7 +60,9 @@ class CategoryClassifier(ScoringModel):
         if self.kind == "logistic_regression":
             self._store_logistic(features, labels, sample_weights)
         else:
-            from sklearn.ensemble import RandomForestClassifier  # scikit-learn loads in ~2 s: only when used
+            from sklearn.ensemble import (
+                RandomForestClassifier,  # scikit-learn loads in ~2 s: only when used
+            )
 
             self.forest = RandomForestClassifier(n_estimators=100, min_samples_leaf=3, n_jobs=-1, random_state=self.seed)
             self.forest.fit(features, labels, sample_weight=sample_weights)

@@ -39,7 +39,9 @@ class TfidfContent(ScoringModel):
 
     def fit_statistics(self, data: PreparedData) -> None:
         super().fit_statistics(data)
-        from sklearn.feature_extraction.text import TfidfVectorizer  # scikit-learn loads in ~2 s: only when used
+        from sklearn.feature_extraction.text import (
+            TfidfVectorizer,  # scikit-learn loads in ~2 s: only when used
+        )
 
         vectorizer = TfidfVectorizer(sublinear_tf=True, stop_words="english", ngram_range=(1, 2), min_df=2, dtype=np.float32)
         # Row 0 is the padding item's empty text; fitting on item text only, no behavior, so nothing leaks.

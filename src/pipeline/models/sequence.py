@@ -18,7 +18,12 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.data.prepare import PreparedData
-from pipeline.models.base import TrainingStatistics, history_mask, pad_histories, rank_seen_last
+from pipeline.models.base import (
+    TrainingStatistics,
+    history_mask,
+    pad_histories,
+    rank_seen_last,
+)
 from pipeline.models.text_neighbours import TextNeighbours, text_neighbours
 
 

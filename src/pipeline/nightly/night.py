@@ -24,20 +24,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline import faults
 from pipeline.api import (
-    Stages, preflight, catalog, encode, evaluate, protocol, recommendation_frame, selection_metric, validation_ranking,
+    encode, evaluate, preflight, protocol, recommendation_frame, selection_metric, Stages, validation_ranking,
 )
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, PreparedData
 from pipeline.encoding import encode_items, encoder_identity
-from pipeline import faults
 from pipeline.errors import PipelineInputError, StorageError, clip
 from pipeline.models import build_model, uses_text_embeddings
 from pipeline.models.warm_start import ShapeChanged, transplant
 from pipeline.nightly.lock import NightLock
 from pipeline.nightly.profiles import interest_profiles, profile_summary
-from pipeline.nightly.records import CHAMPION, append_history, history_row, read_state, remove_old_nights
-from pipeline.outputs import read_weights, save_model, utc_now
+from pipeline.nightly.records import append_history, CHAMPION, history_row, read_state, remove_old_nights
+from pipeline.outputs import catalog, read_weights, save_model, utc_now
 from pipeline.storage import file_fingerprint, follow, point, read_json_file, write_json_atomic, write_table
 from pipeline.training import StopRequest, fit
 
