@@ -299,7 +299,9 @@ DAMAGED_RUN = [
     ("catalog_wrong_shape", lambda run: (run / "catalog.json").write_text("[1, 2]"), r"catalog\.json: not a run catalog"),
     ("config_truncated", lambda run: (run / "config.resolved.yaml").write_text(
         "\n".join((run / "config.resolved.yaml").read_text().splitlines()[:40]) + "\n"),
-     r"config\.resolved\.yaml: incomplete resolved config \(cut short\?\): missing "),
+     r"config\.resolved\.yaml: damaged \(its sha256 differs from the one recorded in manifest\.json\)$"),
+    ("manifest_missing", lambda run: (run / "manifest.json").unlink(), r": not a finished run directory \(no manifest\.json\)$"),
+    ("manifest_truncated", lambda run: truncate(run / "manifest.json"), r"manifest\.json: damaged run manifest: "),
     ("config_missing", lambda run: (run / "config.resolved.yaml").unlink(), r": not a finished run directory \(no config\.resolved\.yaml\)$"),
     ("catalog_missing", lambda run: (run / "catalog.json").unlink(), r": not a finished run directory \(no catalog\.json\)$"),
 ]
@@ -328,7 +330,7 @@ DAMAGED_PARTIAL = [
     ("inputs_missing", "inputs.json", "delete", r"inputs\.json: missing \(input fingerprints\)$"),
     ("inputs_wrong_shape", "inputs.json", b'{"a": 1}', r"inputs\.json: not a list of input fingerprints$"),
     ("config_missing", "config.resolved.yaml", "delete", r"config\.resolved\.yaml: config file not found$"),
-    ("config_truncated", "config.resolved.yaml", None, r"config\.resolved\.yaml: "),
+    ("config_truncated", "config.resolved.yaml", None, r"config\.resolved\.yaml\) at "),
 ]
 
 

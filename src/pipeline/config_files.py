@@ -98,16 +98,6 @@ def dump_yaml(value) -> str:
     return yaml.safe_dump(value, sort_keys=False)
 
 
-def missing_keys(full: dict, given: dict, prefix: str = "") -> list[str]:
-    missing = []
-    for key, value in full.items():
-        if not isinstance(given, dict) or key not in given:
-            missing.append(prefix + key)
-        elif isinstance(value, dict) and value:
-            missing.extend(missing_keys(value, given[key], f"{prefix}{key}."))
-    return missing
-
-
 def apply_override(raw: dict, override: str) -> None:
     key_path, sep, text = override.partition("=")
     if not sep or not key_path.strip():

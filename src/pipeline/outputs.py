@@ -29,10 +29,12 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from pipeline import faults
+from pipeline.config import Config, load_config
 from pipeline.encoding import resolve_device
 from pipeline.errors import PipelineInputError, clip
 from pipeline.storage import (
-    file_fingerprint, follow, fsync_folder, fsync_tree, json_default, point, remove_temporaries, write_atomic,
+    file_fingerprint, follow, fsync_folder, fsync_tree, json_default, point, read_json_file, remove_temporaries,
+    write_atomic,
 )
 
 log = logging.getLogger("pipeline")
@@ -172,10 +174,21 @@ def resolve_run(path: str | Path) -> Path:
     path = follow(path) or path.resolve()
     if PARTIAL_MARK in path.name:
         raise PipelineInputError(f"{path}: an unpublished run folder (stopped or still running), not a finished run")
-    for name in ("config.resolved.yaml", "catalog.json", "model.safetensors"):
+    for name in ("config.resolved.yaml", "catalog.json", "model.safetensors", "manifest.json"):
         if not (path / name).is_file():
             raise PipelineInputError(f"{path}: not a finished run directory (no {name})")
     return path
+
+
+def read_run_config(run_dir: Path) -> Config:
+    """A finished run's config. Its manifest records the file's sha256, so a truncated or edited file is refused
+    instead of read with defaults filling in for the missing keys (manifests without the digest: read as it is)."""
+    path = run_dir / "config.resolved.yaml"
+    manifest_info = read_json_file(run_dir / "manifest.json", "run manifest")
+    expected = manifest_info.get("config_sha256") if isinstance(manifest_info, dict) else None
+    if expected is not None and file_fingerprint(path)["sha256"] != expected:
+        raise PipelineInputError(f"{path}: damaged (its sha256 differs from the one recorded in manifest.json)")
+    return load_config(path, check_paths=False)
 
 
 def save_model(model: torch.nn.Module, path: Path) -> Path:
@@ -324,10 +337,11 @@ def catalog(data, item_embeddings) -> dict:
     }
 
 
-def manifest(config, source_files: list[Path], data, encoding, timings: dict, started_at: str) -> dict:
+def manifest(config, config_path: Path, source_files: list[Path], data, encoding, timings: dict, started_at: str) -> dict:
     split_counts = data.events["split"].value_counts().to_dict()
     return {
         "name": config.name,
+        "config_sha256": file_fingerprint(config_path)["sha256"],
         "started_at": started_at,
         "finished_at": utc_now(),
         "data": {

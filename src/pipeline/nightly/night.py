@@ -37,7 +37,7 @@ from pipeline.models.warm_start import ShapeChanged, transplant
 from pipeline.nightly.lock import NightLock
 from pipeline.nightly.profiles import interest_profiles, profile_summary
 from pipeline.nightly.records import append_history, CHAMPION, history_row, read_state, remove_old_nights
-from pipeline.outputs import catalog, read_weights, save_model, utc_now
+from pipeline.outputs import catalog, read_run_config, read_weights, save_model, utc_now
 from pipeline.storage import file_fingerprint, follow, point, read_json_file, write_json_atomic, write_table
 from pipeline.training import StopRequest, fit
 
@@ -225,7 +225,7 @@ def _load_champion(root: Path) -> tuple[Champion | None, str | None]:
     try:
         if not night_dir.is_dir():
             raise PipelineInputError(f"{link}: points at {night_dir}, which does not exist")
-        config = load_config(night_dir / "config.resolved.yaml", check_paths=False, complete=True)
+        config = read_run_config(night_dir)
         catalog_info = read_json_file(night_dir / "catalog.json", "champion catalog")
         vocabulary = {"items": [None, *catalog_info["item_ids"]], "categories": catalog_info["category_names"]}
         weights = read_weights(night_dir / "model.safetensors")
