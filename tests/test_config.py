@@ -98,3 +98,18 @@ def test_resolved_config_round_trips(tiny_config, tmp_path):
     config = load_config(tiny_config)
     again = load_config(write_yaml(tmp_path / "resolved.yaml", config.to_dict()))
     assert again == config
+
+
+def test_yaml_merge_keys_still_work(tmp_path):
+    from pipeline.config_files import parse_yaml
+
+    assert parse_yaml("base: &b {a: 1, b: 2}\nm:\n  <<: *b\n  b: 3\n") == {"base": {"a": 1, "b": 2}, "m": {"a": 1, "b": 3}}
+
+
+def test_submodules_are_reachable_from_the_package():
+    import subprocess
+    import sys
+
+    code = "import pipeline; print(pipeline.config.load_config.__name__, pipeline.nightly.__name__, callable(pipeline.nightly))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["load_config", "nightly", "True"], result.stderr

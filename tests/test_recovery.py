@@ -261,3 +261,18 @@ def test_a_concurrent_merge_keeps_the_other_process_vectors(tmp_path, monkeypatc
     reread = EmbeddingCache(tmp_path, "id")
     assert len(reread) == 3 * 2 + 5 + 1
     assert np.allclose(reread.get(keys("other-", 5)[4]), vectors(5, 9)[4])
+
+
+def test_a_champion_with_non_finite_weights_is_replaced(night_config):
+    from safetensors.torch import load_file, save_file
+
+    config, root = night_config
+    first = pipeline.nightly(config)
+    weights = load_file(first.night_dir / "model.safetensors")
+    save_file({name: tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
+              first.night_dir / "model.safetensors")
+    grow_log(config, 0.85)
+    second = pipeline.nightly(config)
+    assert second.status == "promoted" and second.summary["training"]["mode"] == "full"
+    assert second.summary["training"]["reason"].startswith("warm start diverged: training diverged at epoch 1")
+    assert "champion unusable: " in second.summary["decision"]["message"] and "scored items NaN" in second.summary["decision"]["message"]

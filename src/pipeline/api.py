@@ -303,7 +303,7 @@ def validate(config_or_path: str | Path | dict | Config, overrides: list[str] | 
     Returns the summary `python -m pipeline validate` prints; raises `PipelineInputError` as `run` would.
     """
     config = load_config(config_or_path, overrides)
-    preflight(config, [config.model, *config.compared_models().values()])
+    preflight(config, [config.model])
     data = prepare(load_data(config.data), config.data)
     return {
         "events": len(data.events), "events_per_split": data.events["split"].value_counts().to_dict(),

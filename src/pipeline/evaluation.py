@@ -15,6 +15,7 @@ import torch
 
 from pipeline.data.prepare import EvalCases
 from pipeline.distributed import map_sharded
+from pipeline.errors import PipelineInputError
 from pipeline.models.base import history_mask
 
 # ---- pure metric functions ---------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def catalog_coverage(top_items: np.ndarray, n_items: int) -> float:
 # ---- scoring a model over all users ------------------------------------------------------------------------------
 
 
-class NonFiniteScores(RuntimeError):
+class NonFiniteScores(PipelineInputError):
     """A model scored some item NaN: its weights are broken (training diverged), so no ranking is defined."""
 
 
@@ -126,7 +127,7 @@ def _rank_rows(model, histories, targets, rows: list[int], list_length: int, exc
         chunk = [histories[row] for row in chunk_rows]
         scores = model.score_items(chunk).float().clone()
         if torch.isnan(scores).any():
-            raise NonFiniteScores(f"{type(model).__name__} scored items NaN")
+            raise NonFiniteScores(f"{type(model).__name__} scored items NaN: its weights are not finite numbers")
         scores[:, 0] = float("-inf")
         if exclude_seen:
             scores[history_mask(chunk, scores.shape[1], scores.device)] = float("-inf")

@@ -30,13 +30,20 @@ def point(link: Path, target: Path) -> None:
     """Make `link` lead to `target` in one rename (a relative symlink where the platform allows, else a text file)."""
     relative = os.path.relpath(target, link.parent)
     temporary = link.with_name(f".{link.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
-    temporary.unlink(missing_ok=True)
     try:
+        temporary.unlink(missing_ok=True)
         os.symlink(relative, temporary, target_is_directory=True)
     except OSError:
-        temporary.write_text(relative + "\n", encoding="utf-8")
-    faults.reached(f"write:{link.name}")
-    os.replace(temporary, link)
+        write_atomic(link, relative + "\n")  # no symlinks here: the pointer is a file, written like any other
+        return
+    try:
+        faults.reached(f"write:{link.name}")
+        os.replace(temporary, link)
+    except BaseException as err:
+        temporary.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise storage_error(link, err) from None
+        raise
     fsync_folder(link.parent)
 
 

@@ -145,7 +145,7 @@ def fit(
     model.to(device)
     windows = training_windows(data, model.max_length, config.window_stride)
     if len(windows) == 0:
-        raise ValueError("no training sequences with at least two events")
+        raise PipelineInputError("data: no user has two or more training events, so there is nothing to train on")
     world = distributed.world_size()
     # Several processes (torchrun): DistributedDataParallel averages the gradients across ranks after each backward.
     trained = model if world == 1 else DistributedDataParallel(
@@ -183,7 +183,10 @@ def fit(
                 with autocast:
                     parts = trained(inputs, targets, target_ratings)
                 loss = sum(loss_weights[name] * value for name, value in parts.items())
-                if not torch.isfinite(loss.detach()):
+                finite = bool(torch.isfinite(loss.detach()))
+                if world > 1:  # every rank stops together, or the others would wait in the next collective forever
+                    finite = distributed.sum_across_ranks(float(not finite)) == 0
+                if not finite:
                     raise TrainingDiverged(epoch, "loss")
                 if world > 1:
                     # Each rank's loss is a mean over its own targets; weigh it by its share of the batch's targets so

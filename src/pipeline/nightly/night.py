@@ -39,7 +39,7 @@ from pipeline.nightly.profiles import interest_profiles, profile_summary
 from pipeline.nightly.records import append_history, CHAMPION, history_row, read_state, remove_old_nights
 from pipeline.outputs import catalog, read_run_config, read_weights, save_model, utc_now
 from pipeline.storage import file_fingerprint, follow, point, read_json_file, write_json_atomic, write_table
-from pipeline.training import StopRequest, fit
+from pipeline.training import StopRequest, TrainingDiverged, fit
 
 log = logging.getLogger("pipeline")
 
@@ -117,13 +117,12 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
             challenger_metrics, challenger_rankings = evaluate(challenger, data, config, TEST)
             champion_model, champion_metrics, champion_rankings = None, None, None
             if champion is not None:
-                try:
+                try:  # NaN weights surface here as NonFiniteScores, itself bad input
                     champion_model = _champion_for_tonight(champion, data, config, item_embeddings)
-                except PipelineInputError as err:
-                    champion_problem = f"champion unusable: {err}"
-                    log.warning("%s; tonight's challenger will be promoted", champion_problem)
-                else:
                     champion_metrics, champion_rankings = evaluate(champion_model, data, config, TEST)
+                except PipelineInputError as err:
+                    champion_problem, champion_metrics = f"champion unusable: {err}", None
+                    log.warning("%s; tonight's challenger will be promoted", champion_problem)
             decision = _decide(config, challenger_metrics, champion_metrics, champion_problem)
             log.info("decision: %s", decision["message"])
         with stages.stage("profiles"):
@@ -248,7 +247,11 @@ def _training_mode(config: Config, champion: Champion | None) -> tuple[str, str]
     changed = _changed_keys(champion.config.model.model_dump(), config.model.model_dump())
     if changed:
         return "full", f"model config changed ({', '.join('model.' + key for key in changed)})"
-    if encoder_identity(champion.config.encoder) != encoder_identity(config.encoder):
+    try:
+        same_encoder = encoder_identity(champion.config.encoder) == encoder_identity(config.encoder)
+    except PipelineInputError as err:  # e.g. the champion's encoder folder has moved: train afresh
+        return "full", f"the champion's encoder is unavailable ({err})"
+    if not same_encoder:
         return "full", "encoder changed"
     return "warm", f"fine-tuned from champion {champion.night_dir.name}"
 
@@ -272,7 +275,17 @@ def _train_challenger(config, data, item_embeddings, champion, progress, stop):
     log.info("challenger: %s training (%s)", mode, reason)
     train_config = config.train if mode == "full" else config.train.model_copy(update={"epochs": config.nightly.warm_epochs})
     started = time.perf_counter()
-    history = fit(challenger, data, train_config, validation_ranking(data, config), selection_metric(config), config.seed, progress, stop=stop)
+    try:
+        history = fit(challenger, data, train_config, validation_ranking(data, config), selection_metric(config), config.seed, progress, stop=stop)
+    except TrainingDiverged as err:
+        if mode != "warm":
+            raise
+        # The champion's weights led the fine-tuning astray (they may hold non-finite values): start from scratch.
+        log.warning("warm start diverged (%s); training from scratch", err)
+        mode, reason, warm = "full", f"warm start diverged: {err}", None
+        challenger = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
+        challenger.fit_statistics(data)
+        history = fit(challenger, data, config.train, validation_ranking(data, config), selection_metric(config), config.seed, progress, stop=stop)
     training = {"mode": mode, "reason": reason, "epochs": len(history), "seconds": _since(started), "warm_start": warm}
     return challenger, training, history
 

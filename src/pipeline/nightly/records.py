@@ -102,9 +102,15 @@ def remove_old_nights(root: Path, keep: int, promoted: set[str]) -> None:
     champion = follow(root / CHAMPION)
     protected = promoted | ({champion.name} if champion is not None else set())
     nights = root / "nights"
-    finished = sorted(path for path in nights.iterdir() if path.is_dir() and not path.is_symlink() and not path.name.startswith("."))
+    finished = [path for path in nights.iterdir() if path.is_dir() and not path.is_symlink() and not path.name.startswith(".")]
+    # Oldest first by the time in the name (`<name>-<UTC time>`): a renamed config must not make tonight look old.
+    finished.sort(key=lambda path: (path.name.rsplit("-", 1)[-1], path.name))
     for night_dir in finished[:-keep]:
         if night_dir.name not in protected:
             faults.reached("nightly:retention")
-            shutil.rmtree(night_dir, onerror=lambda *failure: log.error("retention: cannot delete %s: %s", failure[1], failure[2][1]))
+            try:
+                shutil.rmtree(night_dir)
+            except OSError as err:
+                log.error("retention: cannot delete %s: %s", night_dir, err)
+                continue
             log.info("retention: deleted %s (older than the last %d nights, never promoted)", night_dir.name, keep)
