@@ -72,3 +72,15 @@ def tiny_config(tiny_data, embedding_cache, tmp_path) -> dict:
 def write_yaml(path: Path, payload: dict) -> Path:
     path.write_text(yaml.safe_dump(payload, sort_keys=False), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def pipeline_logger_restored():
+    """`cli.main` called in-process points the pipeline logger at the captured stderr of that test: undo it after."""
+    import logging
+
+    logger = logging.getLogger("pipeline")
+    handlers, level = list(logger.handlers), logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)

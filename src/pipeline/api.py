@@ -131,10 +131,9 @@ class Stages:
         self.started_at, self._started = utc_now(), time.perf_counter()
         if resume is not None and distributed.world_size() > 1:
             raise PipelineInputError("--resume: not supported under torchrun; resume with a single process")
-        if not distributed.is_main():
-            self.output = RunDirectory.scratch_space()  # only rank 0 publishes
-        elif resume is None:
-            self.output = RunDirectory(config.output.root, name)
+        if resume is None:
+            # Only rank 0 publishes; the other ranks write the same files into a private folder deleted at the end.
+            self.output = RunDirectory(config.output.root, name) if distributed.is_main() else RunDirectory.scratch_space()
             self.output.write_text("config.resolved.yaml", config.to_yaml())
         else:
             stopped = find_resumable(config.output.root, name, resume)
