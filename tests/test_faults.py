@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import pipeline
-from pipeline.faults import ENVIRONMENT_VARIABLE
+from pipeline.faults import ENVIRONMENT_VARIABLE, STEPS
 from pipeline.nightly.records import CHAMPION, read_state
 from pipeline.outputs import LATEST, NIGHT_FILES, RUN_FILES
 from tests.conftest import tiny_config_dict
@@ -21,18 +21,19 @@ from tests.test_nightly import benchmark_nightly
 
 pytestmark = pytest.mark.slow
 
-RUN_STEPS = [
+RUN_WRITES = [
     "write:config.resolved.yaml", "write:inputs.json", "write:checkpoint.pt", "write:model.safetensors",
     "write:catalog.json", "write:metrics.json", "write:history.jsonl", "write:recommendations.parquet",
-    "write:recommendations.csv", "write:manifest.json", "publish:tree-synced", "publish:renamed", "write:latest",
+    "write:recommendations.csv", "write:manifest.json",
 ]
+PUBLISH_STEPS = [step for step in STEPS if step.startswith("publish:")] + ["write:latest"]
+RUN_STEPS = RUN_WRITES + PUBLISH_STEPS
 RESUME_STEPS = [step for step in RUN_STEPS if step not in ("write:config.resolved.yaml", "write:inputs.json")]
 NIGHT_STEPS = [
     "write:config.resolved.yaml", "write:inputs.json", "write:recommendations.parquet", "write:profiles.parquet",
     "write:model.safetensors", "write:catalog.json", "write:metrics.json", "write:history.jsonl", "write:summary.json",
-    "write:summary.md", "write:manifest.json", "publish:tree-synced", "publish:renamed", "write:latest",
-    "nightly:published", "write:champion", "nightly:link-swapped", "write:state.json", "nightly:state-written",
-    "write:history.csv", "nightly:retention",
+    "write:summary.md", "write:manifest.json", *PUBLISH_STEPS, "write:champion", "write:state.json", "write:history.csv",
+    *[step for step in STEPS if step.startswith("nightly:")],
 ]
 
 

@@ -23,7 +23,7 @@ import torch
 
 from pipeline import distributed
 from pipeline.config import Config, load_config
-from pipeline.data import TEST, VALID, PreparedData, RawData, load_data, prepare
+from pipeline.data import TEST, VALID, PreparedData, load_data, prepare
 from pipeline.data.load import load_interactions
 from pipeline.encoding import encode_items, encoder_identity, EncodingStats, resolve_model_source
 from pipeline.errors import PipelineInputError
@@ -128,6 +128,7 @@ class Stages:
     def __init__(self, config: Config, name: str, resume: str | Path | None = None):
         self.config = config
         self.timings: dict[str, float] = {}
+        self.inputs: list[dict] = []  # fingerprints of the input files, taken by `load`
         self.started_at, self._started = utc_now(), time.perf_counter()
         if resume is not None and distributed.world_size() > 1:
             raise PipelineInputError("--resume: not supported under torchrun; resume with a single process")
@@ -160,21 +161,21 @@ class Stages:
             log.removeHandler(run_log)
             run_log.close()
 
-    def load(self) -> tuple[RawData, PreparedData]:
+    def load(self) -> PreparedData:
         with self.stage("load_prepare"):
             raw = load_data(self.config.data)
             data = prepare(raw, self.config.data)
-        inputs = [file_fingerprint(path) for path in raw.source_files]
+        self.inputs = [file_fingerprint(path) for path in raw.source_files]
         if self.output.resumed:
-            _check_same_inputs(self.output.file("inputs.json"), inputs)
+            _check_same_inputs(self.output.file("inputs.json"), self.inputs)
         else:
-            self.output.write_json("inputs.json", inputs)
-        return raw, data
+            self.output.write_json("inputs.json", self.inputs)
+        return data
 
-    def finish(self, raw: RawData, data: PreparedData, encoding: EncodingStats | None) -> Path:
+    def finish(self, data: PreparedData, encoding: EncodingStats | None) -> Path:
         self.timings["total"] = elapsed(self._started)
         self.output.write_json("manifest.json", manifest(
-            self.config, self.output.file("config.resolved.yaml"), raw.source_files, data, encoding, self.timings, self.started_at,
+            self.config, self.output.file("config.resolved.yaml"), self.inputs, data, encoding, self.timings, self.started_at,
         ))
         run_dir = self.output.commit()
         if run_dir is not None:
@@ -199,7 +200,7 @@ def run(
     preflight(config, [config.model])
     stages = Stages(config, config.name, resume)
     with stages.publishing() as output:
-        raw, data = stages.load()
+        data = stages.load()
         with stages.stage("encode"):
             item_embeddings, encoding_stats = encode(data, config, progress=bool(progress))
         with stages.stage("train"):
@@ -226,7 +227,7 @@ def run(
             write_table(recommendations, output.file("recommendations.parquet"))
             if config.output.write_csv:
                 write_table(recommendations, output.file("recommendations.csv"))
-        run_dir = stages.finish(raw, data, encoding_stats)
+        run_dir = stages.finish(data, encoding_stats)
     return RunResult(run_dir, config, metrics, recommendations, history)
 
 

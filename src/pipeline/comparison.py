@@ -41,7 +41,7 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
     preflight(config, list(model_configs.values()))
     stages = Stages(config, f"{config.name}-compare")
     with stages.publishing() as output:
-        raw, data = stages.load()
+        data = stages.load()
         with stages.stage("encode"):
             item_embeddings, encoding_stats = None, None
             if any(uses_text_embeddings(model_config) for model_config in model_configs.values()):
@@ -69,7 +69,7 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
         output.write_jsonl("history.jsonl", histories)
         write_table(leaderboard, output.file("leaderboard.csv"))
         output.write_text("leaderboard.md", leaderboard_markdown(leaderboard, metrics["protocol"]))
-        run_dir = stages.finish(raw, data, encoding_stats)
+        run_dir = stages.finish(data, encoding_stats)
     return CompareResult(run_dir, config, metrics, leaderboard)
 
 

@@ -337,7 +337,8 @@ def catalog(data, item_embeddings) -> dict:
     }
 
 
-def manifest(config, config_path: Path, source_files: list[Path], data, encoding, timings: dict, started_at: str) -> dict:
+def manifest(config, config_path: Path, inputs: list[dict], data, encoding, timings: dict, started_at: str) -> dict:
+    """`inputs`: the input files' fingerprints, as hashed when the run loaded them."""
     split_counts = data.events["split"].value_counts().to_dict()
     return {
         "name": config.name,
@@ -345,7 +346,7 @@ def manifest(config, config_path: Path, source_files: list[Path], data, encoding
         "started_at": started_at,
         "finished_at": utc_now(),
         "data": {
-            "files": [file_fingerprint(path) for path in source_files],
+            "files": inputs,
             "events": int(len(data.events)),
             "events_per_split": {key: int(value) for key, value in split_counts.items()},
             "users": data.n_users,

@@ -105,7 +105,7 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
     night_config = config.model_copy(update={"output": config.output.model_copy(update={"root": str(root / "nights")})})
     stages = Stages(night_config, config.name)
     with stages.publishing() as output:
-        raw, data = stages.load()
+        data = stages.load()
         news = _whats_new(data, state, champion, inputs, config_digest)
         log.info("tonight: %s", news["message"])
         with stages.stage("encode"):
@@ -148,20 +148,17 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
             }
             output.write_json("summary.json", summary)
             output.write_text("summary.md", summary_markdown(summary))
-        night_dir = stages.finish(raw, data, encoding)
+        night_dir = stages.finish(data, encoding)
     faults.reached("nightly:published")
 
     # The champion link is the truth about what is promoted: it moves first, in one rename, and state.json follows.
     # A kill between the two leaves the link on a complete night and the old state, which the next night reconciles
-    # (`_read_state`) and retrains from, as after any night that did not finish.
+    # (`read_state`) and retrains from, as after any night that did not finish.
     if decision["promote"]:
         try:
             point(root / CHAMPION, night_dir)
-        except OSError as err:
-            raise StorageError(
-                f"{root / CHAMPION}: night {night_dir.name} was published but the champion link could not be moved "
-                f"({err.strerror or err}); the champion is unchanged"
-            ) from None
+        except StorageError as err:
+            raise StorageError(f"night {night_dir.name} was published but the champion link was not moved: {err}") from None
     faults.reached("nightly:link-swapped")
     promoted = state.get("promoted", []) + ([night_dir.name] if decision["promote"] else [])
     try:
@@ -262,30 +259,33 @@ def _changed_keys(before: dict, after: dict) -> list[str]:
 
 def _train_challenger(config, data, item_embeddings, champion, progress, stop):
     mode, reason = _training_mode(config, champion)
-    challenger = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
-    challenger.fit_statistics(data)
-    warm = None
+
+    def fresh():
+        model = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
+        model.fit_statistics(data)
+        return model
+
+    def train(model, epochs: int) -> list[dict]:
+        train_config = config.train.model_copy(update={"epochs": epochs})
+        return fit(model, data, train_config, validation_ranking(data, config), selection_metric(config), config.seed, progress, stop=stop)
+
+    challenger, warm = fresh(), None
     if mode == "warm":
         try:
             warm = transplant(challenger, champion.state, champion.vocabulary, _vocabulary(data), item_embeddings).to_dict()
         except ShapeChanged as err:
-            mode, reason = "full", f"stored weights do not fit: {err}"
-            challenger = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
-            challenger.fit_statistics(data)
+            mode, reason, challenger = "full", f"stored weights do not fit: {err}", fresh()
     log.info("challenger: %s training (%s)", mode, reason)
-    train_config = config.train if mode == "full" else config.train.model_copy(update={"epochs": config.nightly.warm_epochs})
     started = time.perf_counter()
     try:
-        history = fit(challenger, data, train_config, validation_ranking(data, config), selection_metric(config), config.seed, progress, stop=stop)
+        history = train(challenger, config.nightly.warm_epochs if mode == "warm" else config.train.epochs)
     except TrainingDiverged as err:
         if mode != "warm":
             raise
         # The champion's weights led the fine-tuning astray (they may hold non-finite values): start from scratch.
         log.warning("warm start diverged (%s); training from scratch", err)
-        mode, reason, warm = "full", f"warm start diverged: {err}", None
-        challenger = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
-        challenger.fit_statistics(data)
-        history = fit(challenger, data, config.train, validation_ranking(data, config), selection_metric(config), config.seed, progress, stop=stop)
+        mode, reason, warm, challenger = "full", f"warm start diverged: {err}", None, fresh()
+        history = train(challenger, config.train.epochs)
     training = {"mode": mode, "reason": reason, "epochs": len(history), "seconds": _since(started), "warm_start": warm}
     return challenger, training, history
 
