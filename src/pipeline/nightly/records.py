@@ -22,6 +22,7 @@ from pipeline.storage import follow, read_json_file, write_table
 log = logging.getLogger("pipeline")
 
 CHAMPION = "champion"
+DELETING = ".deleting-"
 
 
 STATE_KEYS = {"night": str, "finished_at": str, "watermark": int, "inputs": dict, "config_sha256": str, "promoted": list}
@@ -105,12 +106,19 @@ def remove_old_nights(root: Path, keep: int, promoted: set[str]) -> None:
     finished = [path for path in nights.iterdir() if path.is_dir() and not path.is_symlink() and not path.name.startswith(".")]
     # Oldest first by the time in the name (`<name>-<UTC time>`): a renamed config must not make tonight look old.
     finished.sort(key=lambda path: (path.name.rsplit("-", 1)[-1], path.name))
+    # A night is renamed out of sight before it is deleted, so a kill during the deletion never leaves half a night
+    # under its name; the next retention finishes what a killed one started.
+    doomed = [folder for folder in nights.glob(f"{DELETING}*") if folder.is_dir()]
     for night_dir in finished[:-keep]:
         if night_dir.name not in protected:
             faults.reached("nightly:retention")
+            hidden = night_dir.with_name(DELETING + night_dir.name)
             try:
-                shutil.rmtree(night_dir)
+                os.rename(night_dir, hidden)
             except OSError as err:
                 log.error("retention: cannot delete %s: %s", night_dir, err)
                 continue
+            doomed.append(hidden)
             log.info("retention: deleted %s (older than the last %d nights, never promoted)", night_dir.name, keep)
+    for folder in doomed:
+        shutil.rmtree(folder, ignore_errors=True)
