@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.comparison import compare
+from pipeline.recipes.compare import compare
 from pipeline.config import load_config
 from pipeline.data import load_data, prepare
 from pipeline.data.prepare import TEST

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from pipeline.cli import keep_freed_memory
-from pipeline.config import ModelConfig
-from pipeline.evaluation import rank_users
-from pipeline.models import build_model
-from pipeline.models.base import history_mask
+from pipeline.config import model_section
+from pipeline.models import Catalog, build_model
+from pipeline.ranking import Ranker, history_mask, rank_users
 
 
 def peak_rss_gib() -> float:
@@ -56,8 +55,8 @@ def main() -> None:
     keep_freed_memory()
 
     rng = np.random.default_rng(0)
-    config = ModelConfig(name="transformer", item_representation="id", hidden_size=64, num_layers=2, num_heads=2, max_length=50)
-    model = build_model(config, args.items, np.zeros((args.items + 1, 1), dtype=np.float32), None).eval()
+    config = model_section(name="transformer", item_representation="id", hidden_size=64, num_layers=2, num_heads=2, max_length=50)
+    model = build_model(config, Catalog(args.items, np.zeros((args.items + 1, 1), dtype=np.float32))).eval()
     # Zipf-like popularity: a few items appear in many histories, as in real logs.
     popularity = 1.0 / np.arange(1, args.items + 1) ** 0.8
     popularity /= popularity.sum()
@@ -67,7 +66,7 @@ def main() -> None:
     rss_before = peak_rss_gib()
 
     started = time.perf_counter()
-    rank_users(model, histories, targets, list_length=10, exclude_seen=True, user_batch_size=512)
+    rank_users(model, histories, targets, 10, Ranker.for_model(model, exclude_seen=True), user_batch_size=512)
     pipeline_seconds = time.perf_counter() - started
     rss_pipeline = peak_rss_gib()
 

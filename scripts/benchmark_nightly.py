@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from pipeline.cli import keep_freed_memory
-from pipeline.nightly import nightly
+from pipeline.recipes.nightly import nightly
 from pipeline.outputs import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.api import encode, evaluate, selection_metric, validation_ranking
+from pipeline.api import build, encode, evaluate, validator
 from pipeline.cli import keep_freed_memory
 from pipeline.config import load_config
 from pipeline.data import load_data, prepare
-from pipeline.models import build_model
 from pipeline.training import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,12 +39,18 @@ def main() -> None:
     config = load_config(args.config, ["eval.exclude_seen=false", f"train.num_threads={args.threads}", *args.overrides])
     data = prepare(load_data(config.data), config.data)
     item_embeddings, _ = encode(data, config)
-    model = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
-    model.fit_statistics(data)
+    model = build(config.model, data, item_embeddings, config.seed)
+    train = data.train_view()
+    model.fit_statistics(train)
 
-    validate_on_valid = validation_ranking(data, config)
+    validate_on_valid = validator(data, config)
+    selection = validate_on_valid.selection_metric
     timeline: list[dict] = []
     clock = {"training": 0.0, "since": time.perf_counter()}
+
+    class TimedValidator(type(validate_on_valid)):
+        def __call__(self, trained) -> dict[str, float]:
+            return validate(trained)
 
     def validate(trained) -> dict[str, float]:
         metrics = validate_on_valid(trained)
@@ -53,15 +58,16 @@ def main() -> None:
         test = evaluate(trained, data, config, "test")[0]
         timeline.append({
             "epoch": len(timeline) + 1, "training_seconds": round(clock["training"], 1),
-            f"valid_{selection_metric(config)}": round(metrics[selection_metric(config)], 4),
+            f"valid_{selection}": round(metrics[selection], 4),
             "test_ndcg@10": round(test["ndcg@10"], 4), "test_hit_rate@10": round(test["hit_rate@10"], 4),
         })
         print(json.dumps(timeline[-1]), flush=True)
         clock["since"] = time.perf_counter()
         return metrics
 
-    history = fit(model, data, config.train, validate, selection_metric(config), config.seed, progress=False)
-    selected = max(range(len(history)), key=lambda epoch: history[epoch][f"valid_{selection_metric(config)}"])
+    timed = TimedValidator(**vars(validate_on_valid))
+    history = fit(model, train, config.train, timed, config.seed, progress=False)
+    selected = max(range(len(history)), key=lambda epoch: history[epoch][f"valid_{selection}"])
     final_test = evaluate(model, data, config, "test")[0]  # the best-validation weights, as a run ships them
     reached = next((row for row in timeline if row["test_ndcg@10"] >= args.reference_ndcg), None)
     result = {

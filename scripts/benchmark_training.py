@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from pipeline.cli import keep_freed_memory
-from pipeline.api import encode
+from pipeline.api import build, encode
+from pipeline.config import model_section
+from pipeline.models import model_class
 from pipeline.config import load_config
 from pipeline.data import load_data, prepare
-from pipeline.models import build_model
 from pipeline.encoding import native_bf16
 from pipeline.training import training_autocast, training_dtype, training_windows, window_batches
 
@@ -75,10 +76,13 @@ def main() -> None:
     item_embeddings, _ = encode(data, config)
     rows = []
     for name in args.models:
-        model_config = config.model.model_copy(update={"name": name})
-        model = build_model(model_config, data.n_items, data.category_matrix(), item_embeddings, config.seed).to(device)
-        model.fit_statistics(data)
-        windows = training_windows(data, model_config.max_length, config.train.window_stride)
+        # The flagship's settings, less the keys this model does not read.
+        keys = model_class(name).config_class.model_fields
+        shared = {key: value for key, value in config.model.model_dump().items() if key in keys and key not in ("name", "label")}
+        model_config = model_section(name=name, **shared)
+        model = build(model_config, data, item_embeddings, config.seed).to(device)
+        model.fit_statistics(data.train_view())
+        windows = training_windows(data.train_view(), model_config.max_length, config.train.window_stride)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         dtypes = [torch.float32, torch.bfloat16] if native_bf16(device) else [torch.float32]

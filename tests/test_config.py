@@ -34,7 +34,7 @@ def test_unknown_nested_key_suggests(tiny_config):
         ("train", "epochs", "many", r"train\.epochs: .*integer"),
         ("train", "epochs", 0, r"train\.epochs: .*greater than or equal to 1"),
         ("train", "batch_size", -4, r"train\.batch_size"),
-        ("model", "name", "xgboost", r"model\.name: .*'transformer'"),
+        ("model", "name", "xgboost", r"model: unknown model 'xgboost'; models: .*transformer"),
         ("eval", "ks", [0, 5], r"eval\.ks: .*>= 1"),
         ("model", "dropout", 1.5, r"model\.dropout"),
     ],
@@ -46,7 +46,7 @@ def test_wrong_type_or_range_names_key(tiny_config, section, key, value, message
 
 
 def test_overrides_are_typed(tiny_config):
-    config = load_config(tiny_config, ["train.epochs=9", "model.name=lstm", "eval.ks=[1,3]", "data.split.method=time_cut"])
+    config = load_config(tiny_config, ["train.epochs=9", "model={name: lstm}", "eval.ks=[1,3]", "data.split.method=time_cut"])
     assert config.train.epochs == 9 and config.model.name == "lstm"
     assert config.eval.ks == [1, 3]
     assert config.data.split.method == "time_cut"

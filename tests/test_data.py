@@ -85,7 +85,7 @@ def test_popularity_statistics_ignore_valid_and_test(tmp_path):
     config = config_for(events, write_items(tmp_path, [11, 12, 13, 14]))
     data = prepare(load_data(config.data), config.data)
     statistics = TrainingStatistics(data.n_items, len(data.category_names))
-    statistics.fit(data)
+    statistics.fit(data.train_view())
     counts = dict(zip(data.item_ids[1:], statistics.item_counts[1:].tolist()))
     assert counts == {"11": 2.0, "12": 2.0, "13": 0.0, "14": 0.0}
 

@@ -77,8 +77,8 @@ def test_behavior_text_is_recent_items_newest_first():
 
 def test_behavior_embedding_is_closest_to_its_own_items(tmp_path):
     items = ["", "Toy Story, an animated film about toys", "Heat, a crime thriller about a heist", "Finding Nemo, animated fish"]
-    config = EncoderConfig(cache_dir=str(tmp_path), behavior_recent_items=2)
-    users, stats = encode_behavior([np.array([1, 3]), np.array([2])], items, config)
+    config = EncoderConfig(cache_dir=str(tmp_path))
+    users, stats = encode_behavior([np.array([1, 3]), np.array([2])], items, config, recent_items=2)
     item_vectors, _ = encode_texts(items[1:], config)
     similarity = users @ item_vectors.T
     assert similarity[0, [0, 2]].min() > similarity[0, 1]

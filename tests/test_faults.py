@@ -14,7 +14,7 @@ import pytest
 
 import pipeline
 from pipeline.faults import ENVIRONMENT_VARIABLE, STEPS
-from pipeline.nightly.records import CHAMPION, read_state
+from pipeline.recipes.nightly.records import CHAMPION, read_state
 from pipeline.outputs import LATEST, NIGHT_FILES, RUN_FILES
 from tests.conftest import tiny_config_dict
 from tests.test_nightly import benchmark_nightly
@@ -49,7 +49,7 @@ def _killed_child(command: str, config: dict, fault: str, resume: str | None) ->
 @pytest.fixture(scope="module")
 def fork_server():
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["pipeline.api", "pipeline.nightly", "sklearn.metrics", "torch._dynamo", "tests.test_faults"])
+    context.set_forkserver_preload(["pipeline.recipes.run", "pipeline.recipes.nightly", "sklearn.metrics", "torch._dynamo", "tests.test_faults"])
     return context
 
 

@@ -9,10 +9,14 @@ import torch
 from pipeline.evaluation import (
     catalog_coverage,
     category_metrics,
-    rank_users,
     ranking_metrics,
     rating_metrics,
 )
+from pipeline.ranking import Ranker, rank_users
+
+
+def ranker(exclude_seen: bool, counts=(0, 0, 0, 0, 0, 0), repeat_share: float = 1.0) -> Ranker:
+    return Ranker(torch.tensor(counts, dtype=torch.float32), repeat_share, exclude_seen)
 
 
 def test_ranking_metrics_single_target_by_hand():
@@ -73,20 +77,41 @@ class FixedScores(torch.nn.Module):
 def test_rank_users_excludes_seen_and_breaks_ties_by_index():
     # Items 1..5 (column 0 is padding). Items 2 and 4 tie at 0.9; item 5 is seen by the user.
     model = FixedScores([[9.0, 0.1, 0.9, 0.5, 0.9, 0.99]])
-    rankings = rank_users(model, [np.array([5])], [np.array([4])], list_length=3, exclude_seen=True, user_batch_size=8)
+    rankings = rank_users(model, [np.array([5])], [np.array([4])], 3, ranker(exclude_seen=True), user_batch_size=8)
     assert rankings.top_items.tolist() == [[2, 4, 3]]
     assert rankings.target_ranks[0].tolist() == [2.0]
-    kept = rank_users(model, [np.array([5])], [np.array([4])], list_length=3, exclude_seen=False, user_batch_size=8)
+    kept = rank_users(model, [np.array([5])], [np.array([4])], 3, ranker(exclude_seen=False), user_batch_size=8)
     assert kept.top_items.tolist() == [[5, 2, 4]]
     assert kept.target_ranks[0].tolist() == [3.0]
+
+
+def test_ties_go_to_the_more_popular_item_then_the_lower_index():
+    # Items 2, 3 and 4 tie at 0.9; item 4 has more training events than 2 and 3, which have as many as each other.
+    model = FixedScores([[0.0, 0.1, 0.9, 0.9, 0.9, 0.2]])
+    popular_four = ranker(exclude_seen=True, counts=(0, 1, 2, 2, 7, 1))
+    rankings = rank_users(model, [np.array([1])], [np.array([3])], 4, popular_four, user_batch_size=8)
+    assert rankings.top_items.tolist() == [[4, 2, 3, 5]]
+    assert rankings.target_ranks[0].tolist() == [3.0]
+
+
+def test_seen_items_move_below_unseen_ones_only_where_people_do_not_repeat():
+    # Item 5 is seen and scores highest; items 1-4 are unseen.
+    model = FixedScores([[0.0, 0.4, 0.3, 0.2, 0.1, 0.9]])
+    history, target = [np.array([5])], [np.array([5])]
+    rare = rank_users(model, history, target, 5, ranker(exclude_seen=False, repeat_share=0.0), user_batch_size=8)
+    assert rare.top_items.tolist() == [[1, 2, 3, 4, 5]]
+    assert rare.target_ranks[0].tolist() == [5.0]
+    common = rank_users(model, history, target, 5, ranker(exclude_seen=False, repeat_share=0.3), user_batch_size=8)
+    assert common.top_items.tolist() == [[5, 1, 2, 3, 4]]
+    assert common.target_ranks[0].tolist() == [1.0]
 
 
 def test_rank_users_seen_target_is_a_miss_and_chunks_agree():
     model = FixedScores([[0.0, 0.3, 0.2, 0.1]] * 3)
     histories = [np.array([1]), np.array([2]), np.array([3])]
     targets = [np.array([1]), np.array([1]), np.array([2])]
-    whole = rank_users(model, histories, targets, 2, True, user_batch_size=8)
-    chunked = rank_users(model, histories, targets, 2, True, user_batch_size=1)
+    whole = rank_users(model, histories, targets, 2, ranker(True, (0, 0, 0, 0)), user_batch_size=8)
+    chunked = rank_users(model, histories, targets, 2, ranker(True, (0, 0, 0, 0)), user_batch_size=1)
     assert [r.tolist() for r in whole.target_ranks] == [[np.inf], [1.0], [2.0]]
     assert [r.tolist() for r in chunked.target_ranks] == [r.tolist() for r in whole.target_ranks]
     np.testing.assert_array_equal(whole.top_items, chunked.top_items)
@@ -95,7 +120,7 @@ def test_rank_users_seen_target_is_a_miss_and_chunks_agree():
 def test_top_indices_match_a_stable_full_sort_with_ties():
     import torch
 
-    from pipeline.evaluation import top_indices
+    from pipeline.ranking import top_indices
 
     generator = torch.Generator().manual_seed(0)
     for trial in range(100):

@@ -8,8 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
-from pipeline.nightly import LockHeld, nightly
-from pipeline.nightly.lock import NightLock
+from pipeline.recipes.nightly import LockHeld, nightly
+from pipeline.recipes.nightly.lock import NightLock
 from tests.conftest import REPO, tiny_config_dict, write_yaml
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -118,7 +118,7 @@ def test_stale_lock_is_taken_over_and_a_held_lock_refuses(tmp_path, caplog):
         with NightLock(lock_path):
             assert json.loads(lock_path.read_text())["pid"] == os.getpid()
             holder = subprocess.run(
-                [sys.executable, "-c", f"from pipeline.nightly.lock import NightLock\nwith NightLock(__import__('pathlib').Path({str(lock_path)!r})): pass"],
+                [sys.executable, "-c", f"from pipeline.recipes.nightly.lock import NightLock\nwith NightLock(__import__('pathlib').Path({str(lock_path)!r})): pass"],
                 capture_output=True, text=True,
             )
             assert holder.returncode != 0 and "another night is running" in holder.stderr

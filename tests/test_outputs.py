@@ -38,11 +38,11 @@ def test_failed_run_leaves_no_directory_and_keeps_latest(tiny_config, monkeypatc
 
 def test_library_run_and_reload(tiny_config):
     tiny_config["train"]["epochs"] = 1
-    result = pipeline.run(tiny_config, overrides=["model.name=lstm"])
+    result = pipeline.run(tiny_config, overrides=["model={name: lstm, hidden_size: 16, num_layers: 1, max_length: 20}"])
     assert result.metrics["splits"]["test"]["lstm"]["users"] == 25
     assert "metrics.json" in result.paths
     loaded = pipeline.load_run(result.run_dir)
-    full_histories = pipeline.api.load_interactions(result.config.data.interactions)
+    full_histories = pipeline.data.load_interactions(result.config.data.interactions)
     lists = loaded.recommend(full_histories)
     assert lists["user_id"].nunique() == 25
     assert (lists.groupby("user_id").size() == result.config.output.top_k).all()

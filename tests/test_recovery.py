@@ -18,7 +18,7 @@ import torch
 import pipeline
 from pipeline import cli
 from pipeline.encoding import EmbeddingCache, text_key
-from pipeline.nightly.records import CHAMPION, read_state
+from pipeline.recipes.nightly.records import CHAMPION, read_state
 from pipeline.outputs import (
     NIGHT_FILES,
     RUN_FILES,
@@ -64,14 +64,14 @@ def grow_log(config, quantile):
 
 
 def test_state_moved_away_then_a_kept_champion_night_keeps_the_champion(night_config, monkeypatch):
-    night = importlib.import_module("pipeline.nightly.night")
+    night = importlib.import_module("pipeline.recipes.nightly.night")
 
     config, root = night_config
     first = pipeline.nightly(config)
     os.replace(root / "state.json", root / "state.json.damaged")  # as the error for a damaged state advises
     grow_log(config, 0.85)
-    decide = night._decide
-    monkeypatch.setattr(night, "_decide", lambda *args: {**decide(*args), "promote": False})  # a worse challenger
+    decide = night.decide
+    monkeypatch.setattr(night, "decide", lambda *args: {**decide(*args), "promote": False})  # a worse challenger
     kept = pipeline.nightly(config)
     monkeypatch.undo()
     assert kept.status == "kept_champion" and kept.exit_code == 3

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 import pipeline
-from pipeline.config import ModelConfig, load_config
+from pipeline.api import catalog_of
+from pipeline.config import load_config, model_section
 from pipeline.data import load_data, prepare
 from pipeline.models import build_model
+from pipeline.ranking import Ranker
 from tests.test_data import config_for, write_items, write_log
 
 
@@ -29,8 +31,8 @@ def index_of(data, item_id):
 
 def test_item_cf_similarity_by_hand(four_users):
     data = four_users
-    model = build_model(ModelConfig(name="item_cf", neighbours=2), data.n_items, data.category_matrix(), None)
-    model.fit_statistics(data)
+    model = build_model(model_section(name="item_cf", neighbours=2), catalog_of(data, None))
+    model.fit_statistics(data.train_view())
     scores = model.score_items([np.array([index_of(data, 11)])])[0]
     # Item 11 and 12 share all three of their users: cosine 3 / (sqrt(3) sqrt(3)) = 1; 13 and 14 never co-occur with 11.
     assert scores[index_of(data, 12)].item() == pytest.approx(1.0, abs=1e-5)
@@ -39,24 +41,27 @@ def test_item_cf_similarity_by_hand(four_users):
 
 def test_user_cf_scores_a_new_user_by_neighbours(four_users):
     data = four_users
-    model = build_model(ModelConfig(name="user_cf", neighbours=1), data.n_items, data.category_matrix(), None, n_users=data.n_users)
-    model.fit_statistics(data)
+    model = build_model(model_section(name="user_cf", neighbours=1), catalog_of(data, None))
+    model.fit_statistics(data.train_view())
     # A newcomer who watched 13 resembles user 4 only (cosine 1 / (1 * sqrt(2))): item 14 gets that vote.
     scores = model.score_items([np.array([index_of(data, 13)])])[0]
     assert scores[index_of(data, 14)].item() == pytest.approx(1 / np.sqrt(2), abs=1e-5)
     assert scores[index_of(data, 11)].item() == pytest.approx(0.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("name", ["popularity", "item_cf"])
-def test_seen_items_rank_last_where_nobody_repeats(four_users, name):
+@pytest.mark.parametrize("keys", [{"name": "popularity"}, {"name": "item_cf", "neighbours": 2}])
+def test_seen_items_rank_last_where_nobody_repeats(four_users, keys):
     data = four_users
-    model = build_model(ModelConfig(name=name, neighbours=2), data.n_items, data.category_matrix(), None)
-    model.fit_statistics(data)
+    model = build_model(model_section(**keys), catalog_of(data, None))
+    model.fit_statistics(data.train_view())
     assert model.statistics.repeat_share.item() == 0.0
     seen = [index_of(data, 11), index_of(data, 12)]  # the two most popular items, each other's nearest neighbour
-    scores = model.score_items([np.array(seen)])[0, 1:]
-    ranking = (torch.argsort(scores, descending=True, stable=True) + 1).tolist()
-    assert ranking[-2:] == sorted(seen, key=lambda item: -model.catalog_scores([np.array(seen)])[0, item].item())
+    history = [np.array(seen)]
+    raw = model.score_items(history)
+    ranked = Ranker.for_model(model, exclude_seen=False).rank(raw, history, None, data.n_items)[0][1]
+    ranked = [int(item) for item in ranked if item]
+    assert ranked[-2:] == sorted(seen, key=lambda item: -raw[0, item].item())
+    assert len(ranked) == data.n_items  # seen items are still listed (last), not removed
 
 
 def test_seen_items_keep_their_scores_where_people_repeat(tmp_path):
@@ -65,11 +70,13 @@ def test_seen_items_keep_their_scores_where_people_repeat(tmp_path):
     rows += [f"{user},{item},{t}" for user in (2, 3) for t, item in enumerate([12, 13, 14, 15])]
     config = config_for(write_log(tmp_path, rows), write_items(tmp_path, [11, 12, 13, 14, 15]))
     data = prepare(load_data(config.data), config.data)
-    model = build_model(ModelConfig(name="item_cf"), data.n_items, data.category_matrix(), None)
-    model.fit_statistics(data)
+    model = build_model(model_section(name="item_cf"), catalog_of(data, None))
+    model.fit_statistics(data.train_view())
     assert model.statistics.repeat_share.item() == pytest.approx(1 / 5)
     history = [np.array([index_of(data, 11), index_of(data, 12)])]
-    assert torch.equal(model.score_items(history), model.catalog_scores(history))
+    raw = model.score_items(history)
+    policy = Ranker.for_model(model, exclude_seen=False).candidate_scores(raw, history)
+    assert torch.equal(policy[:, 1:], raw[:, 1:])
 
 
 def test_content_models_rank_similar_texts_first(tmp_path):
@@ -83,8 +90,8 @@ def test_content_models_rank_similar_texts_first(tmp_path):
     ).to_csv(items, index=False)
     config = config_for(write_log(tmp_path, ["1,1,1", "1,3,2", "1,4,3", "2,3,1", "2,4,2", "2,2,3"]), items)
     data = prepare(load_data(config.data), config.data)
-    model = build_model(ModelConfig(name="tfidf_content"), data.n_items, data.category_matrix(), None)
-    model.fit_statistics(data)
+    model = build_model(model_section(name="tfidf_content"), catalog_of(data, None))
+    model.fit_statistics(data.train_view())
     scores = model.score_items([np.array([index_of(data, 1)])])[0]
     assert scores[index_of(data, 2)] > scores[index_of(data, 3)]
     assert scores[index_of(data, 2)] > scores[index_of(data, 4)]
@@ -140,28 +147,29 @@ def test_compare_rejects_unknown_fusion_member(tiny_config):
     with pytest.raises(pipeline.PipelineInputError, match=r"compare: .*fusion members \['sasrec'\]"):
         load_config(tiny_config)
     tiny_config["compare"] = {"models": [{"name": "item_cf", "neighbors": 5}]}
-    with pytest.raises(pipeline.PipelineInputError, match=r"compare\.models: .*entry 0: neighbors"):
+    with pytest.raises(pipeline.PipelineInputError, match=r"compare\.models\.0\.neighbors is not a key of model item_cf \(did you mean compare\.models\.0\.neighbours\?\)"):
         load_config(tiny_config)
 
 
 def test_saved_baselines_reload(tiny_config):
     for name in ("user_cf", "tfidf_content"):
-        result = pipeline.run(tiny_config, overrides=[f"model.name={name}"])
+        result = pipeline.run(tiny_config, overrides=[f"model={{name: {name}}}"])
         loaded = pipeline.load_run(result.run_dir)
-        events = pipeline.api.load_interactions(result.config.data.interactions)
+        events = pipeline.data.load_interactions(result.config.data.interactions)
         assert loaded.recommend(events)["user_id"].nunique() == 25
 
 
 def test_models_saved_before_the_repeat_share_still_load(four_users):
     data = four_users
-    model = build_model(ModelConfig(name="item_cf", neighbours=2), data.n_items, data.category_matrix(), None)
-    model.fit_statistics(data)
+    model = build_model(model_section(name="item_cf", neighbours=2), catalog_of(data, None))
+    model.fit_statistics(data.train_view())
     state = {name: value for name, value in model.state_dict().items() if name != "statistics.repeat_share"}
-    older = build_model(ModelConfig(name="item_cf", neighbours=2), data.n_items, data.category_matrix(), None)
+    older = build_model(model_section(name="item_cf", neighbours=2), catalog_of(data, None))
     older.load_state_dict(state)
-    assert older.statistics.repeat_share.item() == 1.0  # seen items scored as the model always scored them
+    assert older.statistics.repeat_share.item() == 1.0  # seen items ranked as the model always ranked them
     history = [np.array([index_of(data, 11)])]
-    assert torch.equal(older.score_items(history), model.catalog_scores(history))
+    raw = model.score_items(history)
+    assert torch.equal(Ranker.for_model(older, exclude_seen=False).candidate_scores(raw, history)[:, 1:], raw[:, 1:])
 
 
 def test_logistic_regression_learns_the_category_habit(tmp_path):
@@ -175,8 +183,8 @@ def test_logistic_regression_learns_the_category_habit(tmp_path):
     pd.DataFrame({"id": list(range(10, 15)) + list(range(20, 25)), "title": ["x"] * 10, "cat": ["A"] * 5 + ["B"] * 5}).to_csv(items, index=False)
     config = config_for(write_log(tmp_path, rows), items)
     data = prepare(load_data(config.data), config.data)
-    model = build_model(ModelConfig(name="logistic_regression", decay_half_life=1.0), data.n_items, data.category_matrix(), None)
-    model.fit_statistics(data)
+    model = build_model(model_section(name="logistic_regression", decay_half_life=1.0), catalog_of(data, None))
+    model.fit_statistics(data.train_view())
     cases = data.eval_cases("test")
     predicted = model.predict_category(cases.histories).argmax(dim=1).numpy()
     truth = [data.item_categories[item][0] for item in cases.next_items]
@@ -191,15 +199,15 @@ def test_classifier_ranks_items_by_category_share_of_popularity(tmp_path):
     pd.DataFrame({"id": [10, 11, 20, 21, 22], "title": ["x"] * 5, "cat": ["A", "A", "B", "B", "B"]}).to_csv(items, index=False)
     config = config_for(write_log(tmp_path, rows), items)
     data = prepare(load_data(config.data), config.data)
-    model = build_model(ModelConfig(name="logistic_regression"), data.n_items, data.category_matrix(), None)
-    model.fit_statistics(data)
+    model = build_model(model_section(name="logistic_regression"), catalog_of(data, None))
+    model.fit_statistics(data.train_view())
     counts = {item: model.statistics.item_counts[index_of(data, item)].item() for item in (10, 11, 20)}
     assert counts == {10: 3.0, 11: 1.0, 20: 2.0}
     category_a = list(data.category_names).index("A")
     interests = torch.tensor([[0.0, 0.0]])
     interests[0, category_a], interests[0, 1 - category_a] = 0.6, 0.4
     model.predict_category = lambda histories: interests
-    scores = model.catalog_scores([np.array([index_of(data, 10)])])[0]
+    scores = model.score_items([np.array([index_of(data, 10)])])[0]
     # P(item | user) = P(A) * 3/4 for item 10, P(A) * 1/4 for 11, P(B) * 2/2 for 20 (B's only trained item).
     assert scores[index_of(data, 10)].item() == pytest.approx(0.6 * 3 / 4, abs=1e-5)
     assert scores[index_of(data, 11)].item() == pytest.approx(0.6 * 1 / 4, abs=1e-5)
@@ -223,13 +231,14 @@ def test_cold_items_only_appear_in_test(tiny_config):
 
 
 def test_fusion_weight_search_ranks_each_user_by_their_own_scores():
-    from pipeline.evaluation import rank_users
     from pipeline.models.fusion import _Fixed
+    from pipeline.ranking import rank_users
 
     generator = torch.Generator().manual_seed(0)
     scores = torch.rand(5, 21, generator=generator)
     histories = [np.array([1 + user]) for user in range(5)]
     # The ranking asks for users in chunks (the first alone), so a row lookup by position would shift users.
-    rankings = rank_users(_Fixed(scores, histories), histories, None, 3, False, 2)
+    ranker = Ranker(torch.zeros(21), repeat_share=1.0, exclude_seen=False)
+    rankings = rank_users(_Fixed(scores, histories), histories, None, 3, ranker, 2)
     expected = scores[:, 1:].argsort(dim=1, descending=True)[:, :3] + 1
     assert rankings.top_items.tolist() == expected.tolist()

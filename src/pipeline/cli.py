@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before the imports below: --help needs no torch
 
     from pipeline import distributed
-    from pipeline.nightly import EXIT_LOCK_HELD, LockHeld
+    from pipeline.recipes.nightly import EXIT_LOCK_HELD, LockHeld
     from pipeline.training import StopRequest, TrainingStopped
 
     distributed.init_from_environment()  # under torchrun: join the other ranks
@@ -130,7 +130,7 @@ def _stop_on_signals(stop) -> dict:
 
 
 def _run(args) -> int:
-    from pipeline.api import run
+    from pipeline.recipes.run import run
 
     result = run(args.config, args.overrides, progress=args.progress or None, resume=args.resume, stop=args.stop)
     if result.run_dir is None:  # a rank other than 0 under torchrun: rank 0 reports
@@ -144,7 +144,7 @@ def _run(args) -> int:
 
 
 def _nightly(args) -> int:
-    from pipeline.nightly import nightly
+    from pipeline.recipes.nightly import nightly
 
     result = nightly(args.config, args.overrides, progress=args.progress or None, stop=args.stop)
     if result.night_dir is None:
@@ -156,7 +156,7 @@ def _nightly(args) -> int:
 
 
 def _compare(args) -> int:
-    from pipeline.comparison import compare
+    from pipeline.recipes.compare import compare
 
     result = compare(args.config, args.overrides, progress=args.progress or None)
     print((result.run_dir / "leaderboard.md").read_text(encoding="utf-8"))
@@ -181,7 +181,7 @@ def _validate(args) -> int:
 
 
 def _recommend(args) -> int:
-    from pipeline.api import recommend
+    from pipeline.serving import recommend
     from pipeline.storage import write_table
 
     if args.top_k is not None and args.top_k < 1:
@@ -227,12 +227,13 @@ def keep_freed_memory() -> None:
 
 
 def _configure_logging(debug: bool, quiet: bool) -> None:
-    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    """The console shows what --quiet/--debug ask for; the logger passes INFO on, so run.log still gets it."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     logger = logging.getLogger("pipeline")
     logger.handlers[:] = [handler]
-    logger.setLevel(level)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
     try:
         import transformers
 

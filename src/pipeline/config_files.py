@@ -119,23 +119,41 @@ def apply_override(raw: dict, override: str) -> None:
         node[keys[-1]] = text
 
 
-def describe_errors(err: ValidationError, schema: type[BaseModel]) -> str:
-    """pydantic's errors as one line: key paths, the nearest valid key for a typo, echoed values cut short."""
+# Written before key paths of a section validated on its own (a model section, chosen by its name): the enclosing
+# error replaces it with the section's own path, so every message names full key paths.
+SECTION_PATH = "\x1f"
+
+
+def describe_errors(
+    err: ValidationError, schema: type[BaseModel], owner: str | None = None, moved: dict[str, str] | None = None
+) -> str:
+    """pydantic's errors as one line: key paths, the nearest valid key for a typo, echoed values cut short.
+
+    With `owner` (e.g. "model lstm"), `schema` is a section validated on its own and its key paths are written
+    relative to it (see `SECTION_PATH`); `moved` maps old key paths to their new place.
+    """
+    at = SECTION_PATH if owner else ""
     messages = []
     for problem in err.errors():
         loc = list(problem["loc"])
         key_path = ".".join(str(part) for part in loc)
         if problem["type"] == "extra_forbidden":
+            if moved and key_path in moved:
+                messages.append(f"{at}{key_path} has moved to {moved[key_path]}")
+                continue
             hint = _nearest_key(loc, schema)
-            messages.append(f"unknown key {key_path}" + (f" (did you mean {hint}?)" if hint else ""))
+            unknown = f"{at}{key_path} is not a key of {owner}" if owner else f"unknown key {key_path}"
+            messages.append(unknown + (f" (did you mean {at}{hint}?)" if hint else ""))
         elif problem["type"] == "missing":
-            messages.append(f"missing required key {key_path}")
+            messages.append(f"missing required key {at}{key_path}")
         else:
             value = problem.get("input")
             shown = "" if isinstance(value, dict) else f" (got {shorten(value)})"
             message = problem["msg"].removeprefix("Value error, ")
-            # A check across sections names its key path itself.
-            messages.append(f"{key_path}: {message}{shown}" if key_path else message)
+            if SECTION_PATH in message:  # from a section validated on its own: its paths are under this one
+                messages.append(message.replace(SECTION_PATH, f"{key_path}."))
+            else:  # a check across keys names them itself
+                messages.append(f"{at}{key_path}: {message}{shown}" if key_path else f"{at.rstrip()}{message}")
     return "; ".join(messages)
 
 

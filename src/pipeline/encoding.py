@@ -291,8 +291,9 @@ def behavior_texts(histories: list[np.ndarray], item_texts: list[str], recent_it
 
 
 def encode_behavior(
-    histories: list[np.ndarray], item_texts: list[str], config: EncoderConfig
+    histories: list[np.ndarray], item_texts: list[str], config: EncoderConfig, recent_items: int = 10
 ) -> tuple[np.ndarray, EncodingStats]:
-    """One embedding per user from their behavior text, through the same cache as item texts."""
-    return encode_texts(behavior_texts(histories, item_texts, config.behavior_recent_items), config)
+    """One embedding per user from the texts of their `recent_items` newest items, through the same cache as item
+    texts."""
+    return encode_texts(behavior_texts(histories, item_texts, recent_items), config)
 

@@ -328,15 +328,6 @@ def elapsed(started: float) -> float:
     return round(time.perf_counter() - started, 3)
 
 
-def catalog(data, item_embeddings) -> dict:
-    """What `recommend` needs besides the weights: original ids and shapes."""
-    return {
-        "item_ids": data.item_ids[1:].tolist(),
-        "category_names": data.category_names,
-        "text_embedding_width": None if item_embeddings is None else int(item_embeddings.shape[1]),
-    }
-
-
 def manifest(config, config_path: Path, inputs: list[dict], data, encoding, timings: dict, started_at: str) -> dict:
     """`inputs`: the input files' fingerprints, as hashed when the run loaded them."""
     split_counts = data.events["split"].value_counts().to_dict()

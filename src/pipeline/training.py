@@ -1,7 +1,8 @@
 """The training loop, top to bottom: windows, AdamW epochs, validation, early stopping, epoch checkpoints, best weights.
 
-The same loop trains every model with parameters; a model without any (popularity) is fitted by its statistics alone,
-which the caller fits before the loop (so a warm start can replace weights in between).
+The same loop trains every model with parameters; a model without any (popularity) is fitted by its statistics
+alone. A model's `fit` reaches the loop through a `Fitter`, which the recipe configures: the validator, checkpoint
+and stop request, and hooks run between the statistics and the first step (the nightly warm start is one).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,11 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline import distributed
 from pipeline.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from pipeline.config import TrainConfig
-from pipeline.data.prepare import TRAIN, PreparedData
+from pipeline.data.prepare import TrainView
 from pipeline.encoding import resolve_device
 from pipeline.errors import PipelineInputError
-from pipeline.evaluation import NonFiniteScores
+from pipeline.evaluation import Validator
+from pipeline.ranking import NonFiniteScores
 
 log = logging.getLogger("pipeline")
 
@@ -50,7 +52,7 @@ class TrainingWindows:
         return len(self.inputs)
 
 
-def training_windows(data: PreparedData, max_length: int, stride: int | None = None) -> TrainingWindows:
+def training_windows(train: TrainView, max_length: int, stride: int | None = None) -> TrainingWindows:
     """Cut each user's training sequence into windows of up to `max_length` inputs, newest first.
 
     Windows end every `stride` events (default `max_length`); a window predicts only its newest `stride` targets, the
@@ -59,8 +61,8 @@ def training_windows(data: PreparedData, max_length: int, stride: int | None = N
     sees at evaluation time.
     """
     stride = min(stride or max_length, max_length)
-    sequences = data.sequences((TRAIN,))
-    ratings = data.rating_sequences((TRAIN,)) if data.has_ratings else {}
+    sequences = train.sequences()
+    ratings = train.rating_sequences() if train.has_ratings else {}
     inputs, targets, target_ratings = [], [], []
     for user, sequence in sequences.items():
         end = len(sequence)
@@ -117,20 +119,38 @@ class TrainingStopped(Exception):
         self.finished_epochs = finished_epochs
 
 
+@dataclass
+class Fitter:
+    """The gradient loop as a model's `fit` reaches it, configured by the recipe (see `fit` for the arguments)."""
+
+    config: TrainConfig
+    validator: Validator
+    seed: int
+    progress: bool | None = None
+    checkpoint: Path | None = None
+    stop: StopRequest | None = None
+    # Called with the model after its statistics are fitted, before the first step (e.g. the nightly warm start).
+    before_loop: list[Callable[[torch.nn.Module], None]] = field(default_factory=list)
+
+    def loop(self, model: torch.nn.Module, train: TrainView) -> list[dict]:
+        for hook in self.before_loop:
+            hook(model)
+        return fit(model, train, self.config, self.validator, self.seed, self.progress, self.checkpoint, self.stop)
+
+
 def fit(
     model: torch.nn.Module,
-    data: PreparedData,
+    train: TrainView,
     config: TrainConfig,
-    validate: Callable[[torch.nn.Module], dict[str, float]],
-    selection_metric: str,
+    validator: Validator,
     seed: int,
     progress: bool | None = None,
     checkpoint: Path | None = None,
     stop: StopRequest | None = None,
 ) -> list[dict]:
-    """Fit `model` (statistics already fitted) on the training split; return the per-epoch history.
+    """Fit `model` (statistics already fitted) on the training view; return the per-epoch history.
 
-    Early stopping watches `selection_metric` of `validate(model)`; the best epoch's weights are restored at the end.
+    Early stopping watches `validator.selection_metric` of `validator(model)`; the best epoch's weights are restored.
     With `checkpoint`, every finished epoch is saved there atomically and a checkpoint found at the start is resumed:
     weights, optimizer, random states and early-stopping state, so the result equals an uninterrupted run. When
     `stop` is requested, training ends at the next batch boundary with `TrainingStopped`.
@@ -143,7 +163,7 @@ def fit(
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
     model.to(device)
-    windows = training_windows(data, model.max_length, config.window_stride)
+    windows = training_windows(train, model.max_length, config.window_stride)
     if len(windows) == 0:
         raise PipelineInputError("data: no user has two or more training events, so there is nothing to train on")
     world = distributed.world_size()
@@ -156,10 +176,8 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch))
     average = WeightAverage(parameters, config.weight_average_decay)
     autocast = training_autocast(device, training_dtype(device, config.precision))
-    loss_weights = {
-        "item": 1.0, "future": config.future_loss_weight, "category": config.category_loss_weight,
-        "rating": config.rating_loss_weight,
-    }
+    loss_weights = model.loss_weights()
+    selection_metric = validator.selection_metric
     order_rng = np.random.default_rng(seed)
     show = sys.stderr.isatty() if progress is None else progress
 
@@ -207,7 +225,7 @@ def fit(
             model.eval()
             with average.swapped_in():  # the weights validated are the weights kept
                 try:
-                    valid_metrics = validate(model)
+                    valid_metrics = validator(model)
                 except NonFiniteScores:
                     raise TrainingDiverged(epoch, "validation scores") from None
                 score = valid_metrics[selection_metric]

@@ -7,9 +7,9 @@ from pipeline.data.load import (
     load_items,
     read_table,
 )
-from pipeline.data.prepare import TEST, TRAIN, VALID, EvalCases, PreparedData, prepare
+from pipeline.data.prepare import TEST, TRAIN, VALID, EvalCases, PreparedData, TrainView, prepare
 
 __all__ = [
     "RawData", "load_data", "load_interactions", "load_items", "read_table",
-    "EvalCases", "PreparedData", "prepare", "TRAIN", "VALID", "TEST",
+    "EvalCases", "PreparedData", "TrainView", "prepare", "TRAIN", "VALID", "TEST",
 ]

@@ -40,6 +40,33 @@ class EvalCases:
 
 
 @dataclass
+class TrainView:
+    """All a model may learn from: the training events and the catalog. No validation or test row is in it, so a
+    model cannot leak the evaluation period into its counts, vocabularies or features, however it is written."""
+
+    events: pd.DataFrame  # training events only: user, item (indices), timestamp, [rating]
+    n_users: int
+    item_texts: list[str]  # encoder input per item index (position 0: "")
+    item_categories: list[np.ndarray]  # category indices per item index
+    category_matrix: np.ndarray  # [n_items + 1, n_categories], see `PreparedData.category_matrix`
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_texts) - 1
+
+    @property
+    def has_ratings(self) -> bool:
+        return "rating" in self.events.columns
+
+    def sequences(self) -> dict[int, np.ndarray]:
+        """Per user, the item indices of their training events, oldest first."""
+        return {int(user): group.to_numpy() for user, group in self.events.groupby("user", sort=True)["item"]}
+
+    def rating_sequences(self) -> dict[int, np.ndarray]:
+        return {int(user): group.to_numpy() for user, group in self.events.groupby("user", sort=True)["rating"]}
+
+
+@dataclass
 class PreparedData:
     events: pd.DataFrame  # user, item (indices), timestamp, [rating], split
     item_ids: np.ndarray  # original id of item index i at position i (position 0: padding)
@@ -49,7 +76,7 @@ class PreparedData:
     category_names: list[str]
     split_method: str
     cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # item indices
-    _cases: dict = field(default_factory=dict, repr=False, compare=False)
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_items(self) -> int:
@@ -68,15 +95,19 @@ class PreparedData:
         rows = self.events[self.events["split"].isin(splits)]
         return {int(user): group.to_numpy() for user, group in rows.groupby("user", sort=True)["item"]}
 
-    def rating_sequences(self, splits: tuple[str, ...] = (TRAIN,)) -> dict[int, np.ndarray]:
-        rows = self.events[self.events["split"].isin(splits)]
-        return {int(user): group.to_numpy() for user, group in rows.groupby("user", sort=True)["rating"]}
+    def train_view(self) -> TrainView:
+        if "train_view" not in self._derived:
+            events = self.events[self.events["split"] == TRAIN].drop(columns="split")
+            self._derived["train_view"] = TrainView(
+                events, self.n_users, self.item_texts, self.item_categories, self.category_matrix()
+            )
+        return self._derived["train_view"]
 
     def eval_cases(self, split: str) -> EvalCases:
         """Valid: history = train events. Test: history = train + valid events. Users without history are skipped."""
-        if split not in self._cases:
-            self._cases[split] = self._build_eval_cases(split)
-        return self._cases[split]
+        if split not in self._derived:
+            self._derived[split] = self._build_eval_cases(split)
+        return self._derived[split]
 
     def _build_eval_cases(self, split: str) -> EvalCases:
         history_splits = (TRAIN,) if split == VALID else (TRAIN, VALID)

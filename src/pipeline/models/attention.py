@@ -9,27 +9,35 @@ so a user's interest is read differently for every candidate: the history items 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
-from pipeline.config import ModelConfig
-from pipeline.data.prepare import PreparedData
-from pipeline.models.base import ScoringModel, pad_histories
-from pipeline.models.sequence import ItemRepresentation, log_popularity
+from pipeline.data.prepare import TrainView
+from pipeline.models.base import Catalog, ScoringModel, pad_histories
+from pipeline.models.sequence import ItemRepresentation, ItemSequenceSection, log_popularity, representation_uses_text
 
 # Users scored at once inside score_items: memory is users x catalog x history floats.
 SCORING_CHUNK = 32
 
 
-class TargetAttention(ScoringModel):
-    # Parameters with one row per catalog item: a warm start maps them row by row through item ids.
-    ITEM_ROWS = ("items.id_embedding.weight", "item_bias")
+class TargetAttentionConfig(ItemSequenceSection):
+    name: Literal["target_attention"] = "target_attention"
+    negatives: int = Field(20, ge=1)
+    """Sampled negative items per positive in the binary cross-entropy."""
 
-    def __init__(self, config: ModelConfig, item_text_embeddings: np.ndarray, category_matrix: np.ndarray):
-        n_items = item_text_embeddings.shape[0] - 1
-        super().__init__(n_items, category_matrix, config.max_length)
+
+class TargetAttention(ScoringModel):
+    config_class = TargetAttentionConfig
+    item_row_parameters = ("items.id_embedding.weight", "item_bias")
+
+    def __init__(self, config: TargetAttentionConfig, catalog: Catalog, seed: int = 0):
+        super().__init__(config, catalog)
+        item_text_embeddings = catalog.text_embeddings_or_zeros()
+        n_items = catalog.n_items
         width = config.hidden_size
         self.negatives = config.negatives
         self.items = ItemRepresentation(item_text_embeddings, width, config.item_representation)
@@ -40,8 +48,10 @@ class TargetAttention(ScoringModel):
         self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
         self.scale = 1.0 / math.sqrt(width)
 
-    def fit_statistics(self, data: PreparedData) -> None:
-        super().fit_statistics(data)
+    uses_text = classmethod(representation_uses_text)
+
+    def fit_statistics(self, train: TrainView) -> None:
+        super().fit_statistics(train)
         with torch.no_grad():
             self.item_bias.copy_(log_popularity(self.statistics.item_counts))
 
@@ -77,7 +87,7 @@ class TargetAttention(ScoringModel):
         mask = (targets > 0).unsqueeze(-1).expand_as(scores)
         return {"item": nn.functional.binary_cross_entropy_with_logits(scores[mask], labels[mask])}
 
-    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
         items = self.items(self.statistics.item_counts)
         item_bias = self.items.untrained_borrowing(self.statistics.item_counts).fill(self.item_bias)
         device = items.device

@@ -9,27 +9,43 @@ events in c: popularity re-weighted by the predicted interests, instead of every
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
-from pipeline.data.prepare import PreparedData
+from pipeline.data.prepare import TrainView
 from pipeline.errors import PipelineInputError
-from pipeline.models.base import ScoringModel, recency_weights
+from pipeline.models.base import Catalog, ScoringModel, recency_weights
+from pipeline.models.content import ProfileSection
 
 # Training samples per user: the most recent positions of their training sequence.
 SAMPLES_PER_USER = 20
 
 
+class LogisticRegressionConfig(ProfileSection):
+    name: Literal["logistic_regression"] = "logistic_regression"
+
+
+class RandomForestConfig(ProfileSection):
+    name: Literal["random_forest"] = "random_forest"
+
+
 class CategoryClassifier(ScoringModel):
-    def __init__(
-        self, kind: str, n_items: int, category_matrix: np.ndarray, max_length: int, half_life: float,
-        item_text_embeddings: np.ndarray | None, seed: int,
-    ):
-        super().__init__(n_items, category_matrix, max_length)
-        self.kind, self.half_life, self.seed = kind, half_life, seed
-        width = 0 if item_text_embeddings is None else item_text_embeddings.shape[1]
-        self.register_buffer("item_text_embeddings", torch.as_tensor(item_text_embeddings if width else np.zeros((n_items + 1, 0)), dtype=torch.float32))
-        n_categories = category_matrix.shape[1]
+    """Shared by the two classifiers: features, the category-to-item scoring; `fit_classifier` is each one's own."""
+
+    reads_text = True
+
+    def __init__(self, config: ProfileSection, catalog: Catalog, seed: int = 0):
+        super().__init__(config, catalog)
+        self.half_life, self.seed = config.decay_half_life, seed
+        embeddings = catalog.item_text_embeddings
+        width = 0 if embeddings is None else embeddings.shape[1]
+        self.register_buffer(
+            "item_text_embeddings",
+            torch.as_tensor(embeddings if width else np.zeros((catalog.n_items + 1, 0)), dtype=torch.float32),
+        )
+        n_categories = catalog.n_categories
         # Logistic regression lives in these buffers (so it saves); a random forest cannot be saved without pickle.
         self.register_buffer("coefficients", torch.zeros(n_categories, n_categories + width))
         self.register_buffer("intercepts", torch.zeros(n_categories))
@@ -40,10 +56,10 @@ class CategoryClassifier(ScoringModel):
         weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
         return torch.cat([weights @ self.item_category_weights, weights @ self.item_text_embeddings], dim=1)
 
-    def fit_statistics(self, data: PreparedData) -> None:
-        super().fit_statistics(data)
+    def fit_statistics(self, train: TrainView) -> None:
+        super().fit_statistics(train)
         histories, targets = [], []
-        for sequence in data.sequences().values():
+        for sequence in train.sequences().values():
             for position in range(max(1, len(sequence) - SAMPLES_PER_USER), len(sequence)):
                 histories.append(sequence[:position])
                 targets.append(sequence[position])
@@ -52,30 +68,33 @@ class CategoryClassifier(ScoringModel):
         features = self.features(histories).numpy()
         rows, labels, sample_weights = [], [], []
         for row, item in enumerate(targets):
-            categories = data.item_categories[item]
+            categories = train.item_categories[item]
             rows.extend([row] * len(categories))
             labels.extend(categories.tolist())
             sample_weights.extend([1.0 / len(categories)] * len(categories))
-        features, labels, sample_weights = features[rows], np.array(labels), np.array(sample_weights)
-        if self.kind == "logistic_regression":
-            self._store_logistic(features, labels, sample_weights)
-        else:
-            from sklearn.ensemble import (
-                RandomForestClassifier,  # scikit-learn loads in ~2 s: only when used
-            )
+        self.fit_classifier(features[rows], np.array(labels), np.array(sample_weights))
 
-            self.forest = RandomForestClassifier(n_estimators=100, min_samples_leaf=3, n_jobs=-1, random_state=self.seed)
-            self.forest.fit(features, labels, sample_weight=sample_weights)
+    def fit_classifier(self, features: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray) -> None:
+        raise NotImplementedError
 
-    def _store_logistic(self, features: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray) -> None:
+    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+        counts, category_events = self.statistics.item_counts, self.statistics.category_prior
+        interest_per_event = self.predict_category(histories) / category_events.clamp(min=1e-12)
+        return counts * (interest_per_event @ self.item_category_weights.T)
+
+
+class LogisticRegression(CategoryClassifier):
+    config_class = LogisticRegressionConfig
+
+    def fit_classifier(self, features: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray) -> None:
         """Fit, then keep the model as softmax logits over all categories (unseen classes get none of the mass)."""
         classes = np.unique(labels)
         coefficients = np.zeros((len(classes), features.shape[1]), dtype=np.float32)
         intercepts = np.zeros(len(classes), dtype=np.float32)
         if len(classes) > 1:
-            from sklearn.linear_model import LogisticRegression
+            from sklearn.linear_model import LogisticRegression as Classifier
 
-            classifier = LogisticRegression(max_iter=500, C=1.0).fit(features, labels, sample_weight=sample_weights)
+            classifier = Classifier(max_iter=500, C=1.0).fit(features, labels, sample_weight=sample_weights)
             if len(classes) == 2:  # scikit-learn keeps one logit z for two classes: softmax([-z/2, z/2]) = sigmoid(z)
                 coefficients = np.stack([-classifier.coef_[0] / 2, classifier.coef_[0] / 2])
                 intercepts = np.array([-classifier.intercept_[0] / 2, classifier.intercept_[0] / 2])
@@ -87,16 +106,24 @@ class CategoryClassifier(ScoringModel):
         self.intercepts[classes] = torch.as_tensor(intercepts, dtype=torch.float32)
 
     def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
-        features = self.features(histories)
-        if self.kind == "logistic_regression":
-            return torch.softmax(features @ self.coefficients.T + self.intercepts, dim=1)
+        return torch.softmax(self.features(histories) @ self.coefficients.T + self.intercepts, dim=1)
+
+
+class RandomForest(CategoryClassifier):
+    config_class = RandomForestConfig
+
+    def fit_classifier(self, features: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray) -> None:
+        from sklearn.ensemble import (
+            RandomForestClassifier,  # scikit-learn loads in ~2 s: only when used
+        )
+
+        self.forest = RandomForestClassifier(n_estimators=100, min_samples_leaf=3, n_jobs=-1, random_state=self.seed)
+        self.forest.fit(features, labels, sample_weight=sample_weights)
+
+    def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
         if self.forest is None:
             raise PipelineInputError("random_forest: this model was not fitted in this process (forests are not saved)")
         probabilities = torch.zeros(len(histories), self.item_category_weights.shape[1])
-        probabilities[:, self.forest.classes_] = torch.as_tensor(self.forest.predict_proba(features.numpy()), dtype=torch.float32)
+        forest_probabilities = self.forest.predict_proba(self.features(histories).numpy())
+        probabilities[:, self.forest.classes_] = torch.as_tensor(forest_probabilities, dtype=torch.float32)
         return probabilities
-
-    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
-        counts, category_events = self.statistics.item_counts, self.statistics.category_prior
-        interest_per_event = self.predict_category(histories) / category_events.clamp(min=1e-12)
-        return self.break_ties_by_popularity(counts * (interest_per_event @ self.item_category_weights.T))

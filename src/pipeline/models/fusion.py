@@ -1,4 +1,8 @@
-"""Score fusion: a weighted sum of member models' per-user standardized scores, weights fitted on validation."""
+"""Score fusion: a weighted sum of member models' per-user standardized scores, weights fitted on validation.
+
+A fusion is a model like any other (the contract of `models.base`): its `fit` takes the training view and the
+fitter, whose validator supplies the validation split the weights are searched on. Members are fitted already.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,11 @@ import itertools
 import numpy as np
 import torch
 
-from pipeline.data.prepare import EvalCases, PreparedData
-from pipeline.evaluation import rank_users, ranking_metrics
+from pipeline.data.prepare import TrainView
+from pipeline.evaluation import ranking_metrics
+from pipeline.models.base import Catalog, Recommender
+from pipeline.ranking import rank_users
+from pipeline.schema import ModelSection
 
 # Weight grid resolution on the simplex: 0, 0.1, ..., 1 for each member, summing to 1.
 WEIGHT_STEPS = 10
@@ -22,15 +29,23 @@ def standardize(scores: torch.Tensor) -> torch.Tensor:
     return centred
 
 
-class ScoreFusion(torch.nn.Module):
-    def __init__(self, members: dict[str, torch.nn.Module]):
-        super().__init__()
+class FusionConfig(ModelSection):
+    """Not chosen by name: `compare.fusion` lists the members of each blend."""
+
+    name: str = "fusion"
+
+
+class ScoreFusion(Recommender):
+    config_class = FusionConfig
+
+    def __init__(self, members: dict[str, Recommender], catalog: Catalog):
+        super().__init__(FusionConfig(), catalog)
         self.members = torch.nn.ModuleDict(members)
         self.register_buffer("weights", torch.full((len(members),), 1.0 / len(members)))
         self.max_length = max(member.max_length for member in members.values())
 
-    def fit_statistics(self, data: PreparedData) -> None:
-        """Members are fitted already; fusion learns only its weights (`fit_weights`)."""
+    def member_weights(self) -> dict[str, float]:
+        return dict(zip(self.members.keys(), self.weights.tolist()))
 
     def _member_scores(self, histories: list[np.ndarray]) -> list[torch.Tensor]:
         return [standardize(member.score_items(histories).float().cpu()) for member in self.members.values()]
@@ -51,21 +66,25 @@ class ScoreFusion(torch.nn.Module):
         )
 
     @torch.inference_mode()
-    def fit_weights(self, cases: EvalCases, k: int, exclude_seen: bool, user_batch_size: int) -> dict[str, float]:
-        """Grid-search the weights on the simplex for the best NDCG@k on `cases` (the validation split)."""
+    def fit(self, train: TrainView, fitter) -> list[dict]:
+        """Grid-search the weights on the simplex for the best validation NDCG@k (the fitter's validator)."""
+        self.fit_statistics(train)
+        validator = fitter.validator
+        cases, k = validator.cases, validator.k
         member_scores = self._member_scores(cases.histories)
+        ranker = validator.ranker(self)
         best_weights, best_score = None, float("-inf")
         for steps in itertools.product(range(WEIGHT_STEPS + 1), repeat=len(member_scores)):
             if sum(steps) != WEIGHT_STEPS:
                 continue
             weights = [step / WEIGHT_STEPS for step in steps]
             blended = _Fixed(sum(w * s for w, s in zip(weights, member_scores)), cases.histories)
-            ranks = rank_users(blended, cases.histories, cases.targets, k, exclude_seen, len(cases) or 1).target_ranks
+            ranks = rank_users(blended, cases.histories, cases.targets, k, ranker, len(cases) or 1).target_ranks
             score = ranking_metrics(ranks, [k])[f"ndcg@{k}"]
             if score > best_score:
                 best_weights, best_score = weights, score
         self.weights.copy_(torch.tensor(best_weights))
-        return dict(zip(self.members.keys(), best_weights))
+        return []
 
 
 class _Fixed:

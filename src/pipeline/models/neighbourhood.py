@@ -9,12 +9,16 @@ Both use sparse matrices (scipy) and chunked dense products, never Python loops 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import scipy.sparse as sp
 import torch
+from pydantic import Field
 
-from pipeline.data.prepare import PreparedData
-from pipeline.models.base import ScoringModel
+from pipeline.data.prepare import TrainView
+from pipeline.models.base import Catalog, ScoringModel
+from pipeline.schema import ModelSection
 
 # Items whose similarity rows are computed at once: bounds memory at chunk x n_items floats.
 SIMILARITY_CHUNK = 1024
@@ -29,25 +33,43 @@ def interaction_matrix(sequences: dict[int, np.ndarray], n_rows: int, n_items: i
     return matrix
 
 
+class NeighbourhoodSection(ModelSection):
+    max_length: int = Field(50, ge=2)
+    """How many of the user's most recent items are looked up."""
+    neighbours: int = Field(100, ge=1)
+    """Similar items (item_cf) or users (user_cf) kept per item or user."""
+
+
+class ItemCFConfig(NeighbourhoodSection):
+    name: Literal["item_cf"] = "item_cf"
+
+
+class UserCFConfig(NeighbourhoodSection):
+    name: Literal["user_cf"] = "user_cf"
+
+
 def _unit_columns(matrix: sp.csr_matrix) -> sp.csr_matrix:
     norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=0))).ravel()
     return (matrix @ sp.diags(1.0 / np.maximum(norms, 1e-12))).tocsr()
 
 
 class ItemCF(ScoringModel):
-    def __init__(self, n_items: int, category_matrix: np.ndarray, max_length: int, neighbours: int):
-        super().__init__(n_items, category_matrix, max_length)
-        neighbours = min(neighbours, n_items)  # a small catalog has fewer items than neighbours asked for
+    config_class = ItemCFConfig
+
+    def __init__(self, config: ItemCFConfig, catalog: Catalog, seed: int = 0):
+        super().__init__(config, catalog)
+        n_items = catalog.n_items
+        neighbours = min(config.neighbours, n_items)  # a small catalog has fewer items than neighbours asked for
         self.register_buffer("neighbour_items", torch.zeros(n_items + 1, neighbours, dtype=torch.long))
         self.register_buffer("neighbour_weights", torch.zeros(n_items + 1, neighbours))
 
-    def fit_statistics(self, data: PreparedData) -> None:
-        super().fit_statistics(data)
-        users_by_items = _unit_columns(interaction_matrix(data.sequences(), data.n_users, data.n_items))
+    def fit_statistics(self, train: TrainView) -> None:
+        super().fit_statistics(train)
+        users_by_items = _unit_columns(interaction_matrix(train.sequences(), train.n_users, train.n_items))
         items_by_users = users_by_items.T.tocsr()
         k = self.neighbour_items.shape[1]
-        for start in range(0, data.n_items + 1, SIMILARITY_CHUNK):
-            stop = min(start + SIMILARITY_CHUNK, data.n_items + 1)
+        for start in range(0, train.n_items + 1, SIMILARITY_CHUNK):
+            stop = min(start + SIMILARITY_CHUNK, train.n_items + 1)
             similarity = (items_by_users[start:stop] @ users_by_items).toarray()
             similarity[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour
             similarity[:, 0] = 0.0
@@ -55,27 +77,28 @@ class ItemCF(ScoringModel):
             self.neighbour_items[start:stop] = torch.from_numpy(top)
             self.neighbour_weights[start:stop] = torch.from_numpy(np.take_along_axis(similarity, top, axis=1))
 
-    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
         scores = torch.zeros(len(histories), self.n_items + 1)
         for row, history in enumerate(histories):
             recent = torch.as_tensor(np.unique(history[-self.max_length :]), dtype=torch.long)
             scores[row].index_add_(0, self.neighbour_items[recent].reshape(-1), self.neighbour_weights[recent].reshape(-1))
-        return self.break_ties_by_popularity(scores)
+        return scores
 
 
 class UserCF(ScoringModel):
-    RESIZABLE_BUFFERS = ("user_item_indptr", "user_item_indices")
+    config_class = UserCFConfig
+    resizable_buffers = ("user_item_indptr", "user_item_indices")
 
-    def __init__(self, n_items: int, category_matrix: np.ndarray, max_length: int, neighbours: int, n_users: int):
-        super().__init__(n_items, category_matrix, max_length)
-        self.neighbours = neighbours
+    def __init__(self, config: UserCFConfig, catalog: Catalog, seed: int = 0):
+        super().__init__(config, catalog)
+        self.neighbours = config.neighbours
         # The training matrix in CSR parts, as buffers so it saves with the model.
-        self.register_buffer("user_item_indptr", torch.zeros(n_users + 1, dtype=torch.long))
+        self.register_buffer("user_item_indptr", torch.zeros(catalog.n_users + 1, dtype=torch.long))
         self.register_buffer("user_item_indices", torch.zeros(0, dtype=torch.long))
 
-    def fit_statistics(self, data: PreparedData) -> None:
-        super().fit_statistics(data)
-        matrix = interaction_matrix(data.sequences(), data.n_users, data.n_items)
+    def fit_statistics(self, train: TrainView) -> None:
+        super().fit_statistics(train)
+        matrix = interaction_matrix(train.sequences(), train.n_users, train.n_items)
         self.user_item_indptr = torch.from_numpy(matrix.indptr.astype(np.int64))
         self.user_item_indices = torch.from_numpy(matrix.indices.astype(np.int64))
 
@@ -84,7 +107,7 @@ class UserCF(ScoringModel):
         indptr = self.user_item_indptr.numpy()
         return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(indptr) - 1, self.n_items + 1))
 
-    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
         train = self._training_matrix()
         queries = interaction_matrix({row: h[-self.max_length :] for row, h in enumerate(histories)}, len(histories), self.n_items)
         overlap = (queries @ train.T).toarray()
@@ -94,5 +117,4 @@ class UserCF(ScoringModel):
         keep = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
         votes = np.zeros_like(similarity)
         np.put_along_axis(votes, keep, np.take_along_axis(similarity, keep, axis=1), axis=1)
-        scores = torch.from_numpy((train.T @ votes.T).T.astype(np.float32))
-        return self.break_ties_by_popularity(scores)
+        return torch.from_numpy((train.T @ votes.T).T.astype(np.float32))

@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 
-from pipeline.data.prepare import TRAIN, PreparedData
-from pipeline.models.base import TrainingStatistics, rank_seen_last
+from pipeline.data.prepare import TrainView
+from pipeline.models.base import Catalog, Recommender
+from pipeline.schema import ModelSection
 
 
-class PopularityModel(torch.nn.Module):
+class PopularityConfig(ModelSection):
+    name: Literal["popularity"] = "popularity"
+
+
+class Popularity(Recommender):
     """Ranks items by training interactions; predicts the most common category and the item's damped mean rating."""
 
-    max_length = 1
+    config_class = PopularityConfig
 
-    def __init__(self, n_items: int, n_categories: int):
-        super().__init__()
-        self.statistics = TrainingStatistics(n_items, n_categories)
-
-    def fit_statistics(self, data: PreparedData) -> None:
-        self.statistics.fit(data)
+    def __init__(self, config: ModelSection, catalog: Catalog, seed: int = 0):
+        super().__init__(config, catalog)
 
     def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
-        return rank_seen_last(self.catalog_scores(histories), histories, self.statistics.repeat_share)
-
-    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         return self.statistics.item_counts.unsqueeze(0).expand(len(histories), -1)
 
     def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
@@ -34,22 +35,28 @@ class PopularityModel(torch.nn.Module):
         return self.statistics.item_rating_means[torch.as_tensor(items, dtype=torch.long)]
 
 
-class RecentPopularity(PopularityModel):
-    """Popularity over the last `recent_days` of training events; all-time counts only break ties."""
+class RecentPopularityConfig(ModelSection):
+    name: Literal["popularity_recent"] = "popularity_recent"
+    recent_days: float = Field(30.0, gt=0)
+    """Only training events in the last this many days (before the training end) count."""
 
-    def __init__(self, n_items: int, n_categories: int, recent_days: float):
-        super().__init__(n_items, n_categories)
-        self.recent_days = recent_days
-        self.register_buffer("recent_counts", torch.zeros(n_items + 1))
 
-    def fit_statistics(self, data: PreparedData) -> None:
-        super().fit_statistics(data)
-        train = data.events[data.events["split"] == TRAIN]
-        recent = train[train["timestamp"] >= train["timestamp"].max() - self.recent_days * 86400]
-        counts = np.bincount(recent["item"].to_numpy(), minlength=data.n_items + 1).astype(np.float32)
+class RecentPopularity(Popularity):
+    """Popularity over the last `recent_days` of training events (ties: all-time popularity, as in every ranking)."""
+
+    config_class = RecentPopularityConfig
+
+    def __init__(self, config: RecentPopularityConfig, catalog: Catalog, seed: int = 0):
+        super().__init__(config, catalog)
+        self.recent_days = config.recent_days
+        self.register_buffer("recent_counts", torch.zeros(catalog.n_items + 1))
+
+    def fit_statistics(self, train: TrainView) -> None:
+        super().fit_statistics(train)
+        events = train.events
+        recent = events[events["timestamp"] >= events["timestamp"].max() - self.recent_days * 86400]
+        counts = np.bincount(recent["item"].to_numpy(), minlength=train.n_items + 1).astype(np.float32)
         self.recent_counts.copy_(torch.from_numpy(counts))
 
-    def catalog_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
-        all_time = self.statistics.item_counts
-        scores = self.recent_counts + all_time / (all_time.max().clamp(min=1) + 1)
-        return scores.unsqueeze(0).expand(len(histories), -1)
+    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return self.recent_counts.unsqueeze(0).expand(len(histories), -1)

@@ -7,24 +7,92 @@ Heads, all read from the backbone state after each position:
 - rating of the next interaction: a small MLP over (state, candidate item representation), added to the item's
   damped mean rating.
 Every position of a training window predicts its successor, so one pass over a sequence trains all its prefixes;
-with `model.future_items`, it also predicts the few items after the successor (a second loss part).
+with `loss.future_items`, it also predicts the few items after the successor (a second loss part).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from pipeline.config import ModelConfig
-from pipeline.data.prepare import PreparedData
-from pipeline.models.base import (
-    TrainingStatistics,
-    history_mask,
-    pad_histories,
-    rank_seen_last,
-)
+from pipeline.data.prepare import TrainView
+from pipeline.models.base import Catalog, Recommender, pad_histories
 from pipeline.models.text_neighbours import TextNeighbours, text_neighbours
+from pipeline.ranking import history_mask
+from pipeline.schema import ModelSection, Section
+
+
+class ItemSequenceSection(ModelSection):
+    """Shared by every model that reads a history as a sequence of item representations."""
+
+    item_representation: Literal["text+id", "text", "id"] = "text+id"
+    """How an item enters the model: its frozen text embedding projected to the model width, a learnable id
+    embedding, or their sum."""
+    hidden_size: int = Field(64, ge=4)
+    """Width of the item representations and of the model's states."""
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    max_length: int = Field(50, ge=2)
+    """How many of the user's most recent items the model reads (and the training window length)."""
+
+
+def representation_uses_text(cls, config: ItemSequenceSection) -> bool:
+    """`uses_text` of the models built on `ItemRepresentation`: their text embeddings are read when configured so."""
+    return "text" in config.item_representation
+
+
+class LossSection(Section):
+    """The parts of a sequence model's training loss besides the next item's cross-entropy (weight 1)."""
+
+    category_weight: float = Field(0.5, ge=0)
+    """Weight of the next interaction's category cross-entropy."""
+    rating_weight: float = Field(0.5, ge=0)
+    """Weight of the next interaction's rating squared error (logs with ratings only)."""
+    future_items: int = Field(0, ge=0)
+    """Each position also learns the items this many steps after its next one (the "future" part). Where the
+    order inside a session carries little (MovieLens users rate a batch of movies in one sitting), the next item is
+    one draw from a set of equally likely ones, and its neighbours are as good a label."""
+    future_weight: float = Field(0.5, ge=0)
+    """Weight of the mean loss over the `future_items` later items."""
+
+    @model_validator(mode="after")
+    def _future_weight_needs_future_items(self):
+        if not self.future_items and self.future_weight != LossSection.model_fields["future_weight"].default:
+            raise ValueError("future_weight has no effect with future_items 0; set future_items too or drop it")
+        return self
+
+
+class SequenceSection(ItemSequenceSection):
+    num_layers: int = Field(2, ge=1)
+    id_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of items whose id rows are hidden in each training batch (text + id): those items are read through
+    their text alone, so the text path learns to stand on its own, as it must for items never trained."""
+    loss: LossSection = LossSection()
+
+
+class TransformerConfig(SequenceSection):
+    name: Literal["transformer"] = "transformer"
+    num_heads: int = Field(2, ge=1)
+    norm_first: bool = True
+    """Layer norm before each attention/feed-forward block (pre-norm, plus one at the output) or after its residual
+    sum (post-norm, the original Transformer's and SASRec's order)."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+
+class LSTMConfig(SequenceSection):
+    name: Literal["lstm"] = "lstm"
+
+
+class GRUConfig(SequenceSection):
+    name: Literal["gru"] = "gru"
 
 
 class ItemRepresentation(nn.Module):
@@ -98,9 +166,8 @@ def later_items(targets: torch.Tensor, count: int) -> torch.Tensor:
 
 
 class RecurrentBackbone(nn.Module):
-    def __init__(self, cell: str, width: int, layers: int, dropout: float):
+    def __init__(self, recurrent: type[nn.RNNBase], width: int, layers: int, dropout: float):
         super().__init__()
-        recurrent = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = recurrent(width, width, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
 
@@ -135,27 +202,22 @@ class TransformerBackbone(nn.Module):
         return self.output_norm(self.blocks(hidden, mask=causal, is_causal=True))
 
 
-class SequenceRecommender(nn.Module):
-    # Parameters with one row per catalog item: a warm start maps them row by row through item ids.
-    ITEM_ROWS = ("items.id_embedding.weight", "item_bias")
-    CATEGORY_ROWS = ("category_head.weight", "category_head.bias")
+class SequenceRecommender(Recommender):
+    """The shared body of the sequence models; each subclass brings its backbone (`build_backbone`)."""
 
-    def __init__(self, config: ModelConfig, item_text_embeddings: np.ndarray, category_matrix: np.ndarray):
-        super().__init__()
+    item_row_parameters = ("items.id_embedding.weight", "item_bias")
+    category_row_parameters = ("category_head.weight", "category_head.bias")
+
+    def __init__(self, config: SequenceSection, catalog: Catalog, seed: int = 0):
+        super().__init__(config, catalog)
+        item_text_embeddings, category_matrix = catalog.text_embeddings_or_zeros(), catalog.category_matrix
         n_rows = item_text_embeddings.shape[0]
         width = config.hidden_size
-        self.max_length = config.max_length
         self.id_dropout = config.id_dropout
-        self.future_items = config.future_items
-        self.statistics = TrainingStatistics(n_rows - 1, category_matrix.shape[1])
-        self.register_buffer("item_category_weights", torch.as_tensor(category_matrix, dtype=torch.float32))
+        self.loss = config.loss
+        self.future_items = config.loss.future_items
         self.items = ItemRepresentation(item_text_embeddings, width, config.item_representation)
-        if config.name == "transformer":
-            self.backbone = TransformerBackbone(
-                width, config.num_layers, config.num_heads, config.dropout, config.max_length, config.norm_first
-            )
-        else:
-            self.backbone = RecurrentBackbone(config.name, width, config.num_layers, config.dropout)
+        self.backbone = self.build_backbone(config)
         self.item_bias = nn.Parameter(torch.zeros(n_rows))
         # Learned score offset for items already in the user's history: how likely people are to come back to an
         # item (strongly negative on MovieLens, where nobody rates a movie twice; positive for repeat purchases).
@@ -163,8 +225,16 @@ class SequenceRecommender(nn.Module):
         self.category_head = nn.Linear(width, category_matrix.shape[1])
         self.rating_head = nn.Sequential(nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
 
-    def fit_statistics(self, data: PreparedData) -> None:
-        self.statistics.fit(data)
+    uses_text = classmethod(representation_uses_text)
+
+    def build_backbone(self, config: SequenceSection) -> nn.Module:
+        raise NotImplementedError
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"item": 1.0, "future": self.loss.future_weight, "category": self.loss.category_weight, "rating": self.loss.rating_weight}
+
+    def fit_statistics(self, train: TrainView) -> None:
+        super().fit_statistics(train)
         # Start the item bias at log-popularity: the first epoch already ranks like the popularity floor, and the
         # sequence signal is learned on top instead of first relearning how popular each item is.
         with torch.no_grad():
@@ -239,10 +309,8 @@ class SequenceRecommender(nn.Module):
 
     def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
         scores = self.user_states(histories) @ self.item_representations().T + self.item_biases()
-        scores = scores + self.repeat_bias * history_mask(histories, scores.shape[1], scores.device)
-        # The learned repeat bias ranks seen items by how often people come back; where nobody ever did in training,
-        # the ranking says so outright, as for every other model.
-        return rank_seen_last(scores, histories, self.statistics.repeat_share)
+        # The learned repeat bias: how likely people are to come back to an item they already have.
+        return scores + self.repeat_bias * history_mask(histories, scores.shape[1], scores.device)
 
     def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
         return self.category_head(self.user_states(histories))
@@ -250,3 +318,26 @@ class SequenceRecommender(nn.Module):
     def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:
         items = torch.as_tensor(items, dtype=torch.long, device=self.item_bias.device)
         return self._rating(self.user_states(histories), self.item_representations()[items], items)
+
+
+class Transformer(SequenceRecommender):
+    config_class = TransformerConfig
+
+    def build_backbone(self, config: TransformerConfig) -> nn.Module:
+        return TransformerBackbone(
+            config.hidden_size, config.num_layers, config.num_heads, config.dropout, config.max_length, config.norm_first
+        )
+
+
+class LSTM(SequenceRecommender):
+    config_class = LSTMConfig
+
+    def build_backbone(self, config: LSTMConfig) -> nn.Module:
+        return RecurrentBackbone(nn.LSTM, config.hidden_size, config.num_layers, config.dropout)
+
+
+class GRU(SequenceRecommender):
+    config_class = GRUConfig
+
+    def build_backbone(self, config: GRUConfig) -> nn.Module:
+        return RecurrentBackbone(nn.GRU, config.hidden_size, config.num_layers, config.dropout)

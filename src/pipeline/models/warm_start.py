@@ -1,9 +1,9 @@
 """Carry a trained model's weights over to a model built for a grown catalog (the nightly warm start).
 
-Weights are matched by name. Tensors with one row per item (declared by the model class as `ITEM_ROWS`) are matched
+Weights are matched by name. Tensors with one row per item (declared by the model class as `item_row_parameters`) are matched
 row by row through the original item ids: known items keep their learned rows; a new item's id-embedding row starts
 as the similarity-weighted mean of the rows of its nearest known items by text embedding, so a new movie starts
-where similar movies are. Tensors with one row per category (`CATEGORY_ROWS`) are matched through category names; a
+where similar movies are. Tensors with one row per category (`category_row_parameters`) are matched through category names; a
 new category keeps its fresh initialisation. Buffers (statistics, text embeddings) are not carried: they come from tonight's data.
 The sequence models have no per-user weights, so new users need no rows: their history is their state.
 """
@@ -48,8 +48,8 @@ def transplant(
     """
     item_rows = _source_rows(stored_vocabulary["items"], vocabulary["items"], padding=True)
     category_rows = _source_rows(stored_vocabulary["categories"], vocabulary["categories"], padding=False)
-    row_maps = {name: item_rows for name in getattr(model, "ITEM_ROWS", ())}
-    row_maps.update({name: category_rows for name in getattr(model, "CATEGORY_ROWS", ())})
+    row_maps = {name: item_rows for name in model.item_row_parameters}
+    row_maps.update({name: category_rows for name in model.category_row_parameters})
     known_items = item_rows >= 0
     new_from_text = 0
     with torch.no_grad():

@@ -5,8 +5,9 @@ A night, top to bottom:
 2. load and prepare tonight's log, count what is new since the watermark (newest event time of the last night);
 3. encode item texts through the cache (only new or changed texts are encoded);
 4. train the challenger: warm-started from the champion (same encoder and model shape) or from scratch;
-5. evaluate challenger and champion on the same test events; promote if the challenger is not worse by more than the
-   tolerance;
+5. evaluate challenger and champion on the same events; promote if the challenger is not worse by more than the
+   tolerance on the gate window: the validation events (each user's event before the test one), which neither model
+   trained on; the test window is reported for both but does not decide, so it stays an unbiased estimate;
 6. write the night's run directory (model, metrics, lists, interest profiles, summary), move the champion pointer if
    promoted, update the state and the history table, delete old nights.
 
@@ -25,25 +26,28 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import faults
-from pipeline.api import (
-    encode, evaluate, preflight, protocol, recommendation_frame, selection_metric, Stages, validation_ranking,
-)
+from pipeline.api import build, encode, evaluate, preflight, protocol, train
 from pipeline.config import Config, load_config
-from pipeline.data import TEST, PreparedData
+from pipeline.data import TEST, VALID, PreparedData
 from pipeline.encoding import encode_items, encoder_identity
 from pipeline.errors import PipelineInputError, StorageError, clip
-from pipeline.models import build_model, uses_text_embeddings
+from pipeline.models import uses_text
 from pipeline.models.warm_start import ShapeChanged, transplant
-from pipeline.nightly.lock import NightLock
-from pipeline.nightly.profiles import interest_profiles, profile_summary
-from pipeline.nightly.records import append_history, CHAMPION, history_row, read_state, remove_old_nights
-from pipeline.outputs import catalog, read_run_config, read_weights, save_model, utc_now
-from pipeline.storage import file_fingerprint, follow, point, read_json_file, write_json_atomic, write_table
-from pipeline.training import StopRequest, TrainingDiverged, fit
+from pipeline.outputs import read_run_config, read_weights, save_model, utc_now
+from pipeline.recipes.context import RunContext
+from pipeline.recipes.nightly.lock import NightLock
+from pipeline.recipes.nightly.profiles import interest_profiles, profile_summary
+from pipeline.recipes.nightly.records import append_history, CHAMPION, history_row, read_state, remove_old_nights
+from pipeline.serving import catalog_record, read_catalog, recommendation_frame
+from pipeline.storage import file_fingerprint, follow, point, write_json_atomic, write_table
+from pipeline.training import StopRequest, TrainingDiverged
 
 log = logging.getLogger("pipeline")
 
 PROMOTED, KEPT_CHAMPION, NOTHING_NEW = "promoted", "kept_champion", "nothing_new"
+# The window that decides a promotion, and how the summary names it.
+GATE = VALID
+GATE_WINDOW = "validation events (each user's event before the test one; neither model trained on them)"
 # Exit codes of `python -m pipeline nightly` besides 1 (failure) and 2 (bad input); documented in the README.
 EXIT_CODES = {PROMOTED: 0, NOTHING_NEW: 0, KEPT_CHAMPION: 3}
 EXIT_LOCK_HELD = 4
@@ -76,7 +80,7 @@ def nightly(
 ) -> NightResult:
     """Run one night (see the module docstring). Raises `LockHeld` when another night is running."""
     config = load_config(config_or_path, overrides)
-    preflight(config, [config.model], root_key="nightly.root")
+    preflight(config, [config.model], "nightly.root")
     root = Path(config.nightly.root)
     with NightLock(root / "lock"):
         started = time.perf_counter()
@@ -103,52 +107,55 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
         return NightResult(NOTHING_NEW, None, {"status": NOTHING_NEW, "message": message})
 
     night_config = config.model_copy(update={"output": config.output.model_copy(update={"root": str(root / "nights")})})
-    stages = Stages(night_config, config.name)
-    with stages.publishing() as output:
-        data = stages.load()
+    context = RunContext(night_config, config.name)
+    with context.publishing() as output:
+        data = context.load()
         news = _whats_new(data, state, champion, inputs, config_digest)
         log.info("tonight: %s", news["message"])
-        with stages.stage("encode"):
+        with context.stage("encode"):
             item_embeddings, encoding = encode(data, config, progress=bool(progress))
         texts = {"encoded": encoding.encoded if encoding else 0, "from_cache": encoding.from_cache if encoding else 0}
-        with stages.stage("train"):
+        with context.stage("train"):
             challenger, training, history = _train_challenger(config, data, item_embeddings, champion, progress, stop)
-        with stages.stage("evaluate"):
-            challenger_metrics, challenger_rankings = evaluate(challenger, data, config, TEST)
-            champion_model, champion_metrics, champion_rankings = None, None, None
+        with context.stage("evaluate"):
+            challenger_metrics, challenger_rankings = _evaluate_windows(challenger, data, config)
+            champion_metrics, champion_rankings = {}, None
             if champion is not None:
                 try:  # NaN weights surface here as NonFiniteScores, itself bad input
                     champion_model = _champion_for_tonight(champion, data, config, item_embeddings)
-                    champion_metrics, champion_rankings = evaluate(champion_model, data, config, TEST)
+                    champion_metrics, champion_rankings = _evaluate_windows(champion_model, data, config)
                 except PipelineInputError as err:
-                    champion_problem, champion_metrics = f"champion unusable: {err}", None
+                    champion_problem, champion_metrics = f"champion unusable: {err}", {}
                     log.warning("%s; tonight's challenger will be promoted", champion_problem)
-            decision = _decide(config, challenger_metrics, champion_metrics, champion_problem)
+            decision = decide(config, challenger_metrics, champion_metrics or None, champion_problem)
             log.info("decision: %s", decision["message"])
-        with stages.stage("profiles"):
+        with context.stage("profiles"):
             previous = _previous_profiles(root, state)
             profiles = interest_profiles(data, config.nightly.profile_half_life_days, config.nightly.profile_top_categories, previous)
-        with stages.stage("write"):
+        with context.stage("write"):
             serving_rankings = challenger_rankings if decision["promote"] else champion_rankings
             test_users = data.user_ids[data.eval_cases(TEST).users]
             write_table(recommendation_frame(test_users, data.item_ids, serving_rankings), output.file("recommendations.parquet"))
             write_table(profiles, output.file("profiles.parquet"))
             save_model(challenger, output.file("model.safetensors"))
-            output.write_json("catalog.json", catalog(data, item_embeddings))
+            output.write_json("catalog.json", catalog_record(data, item_embeddings))
             output.write_json("metrics.json", {
                 "protocol": protocol(data, config),
-                "splits": {TEST: {"challenger": challenger_metrics, **({"champion": champion_metrics} if champion_metrics else {})}},
+                "splits": {
+                    split: {"challenger": challenger_metrics[split], **({"champion": champion_metrics[split]} if champion_metrics else {})}
+                    for split in (GATE, TEST)
+                },
                 "decision": decision,
             })
             output.write_jsonl("history.jsonl", history)
             summary = {
                 "night": output.final_path.name, "date": utc_now(), "status": PROMOTED if decision["promote"] else KEPT_CHAMPION,
                 "data": news, "texts": texts, "training": training, "decision": decision,
-                "profiles": profile_summary(profiles), "timings_seconds": stages.timings,
+                "profiles": profile_summary(profiles), "timings_seconds": context.timings,
             }
             output.write_json("summary.json", summary)
             output.write_text("summary.md", summary_markdown(summary))
-        night_dir = stages.finish(data, encoding)
+        night_dir = context.finish(data, encoding)
     faults.reached("nightly:published")
 
     # The champion link is the truth about what is promoted: it moves first, in one rename, and state.json follows.
@@ -222,10 +229,9 @@ def _load_champion(root: Path) -> tuple[Champion | None, str | None]:
         if not night_dir.is_dir():
             raise PipelineInputError(f"{link}: points at {night_dir}, which does not exist")
         config = read_run_config(night_dir)
-        catalog_info = read_json_file(night_dir / "catalog.json", "champion catalog")
-        vocabulary = {"items": [None, *catalog_info["item_ids"]], "categories": catalog_info["category_names"]}
+        vocabulary = read_catalog(night_dir).vocabulary
         weights = read_weights(night_dir / "model.safetensors")
-    except (PipelineInputError, KeyError, TypeError) as err:
+    except PipelineInputError as err:
         problem = f"champion unusable: {clip(str(err), 300)}"
         log.warning("%s; tonight's challenger will be promoted if it trains and evaluates", problem)
         return None, problem
@@ -258,47 +264,49 @@ def _changed_keys(before: dict, after: dict) -> list[str]:
 
 
 def _train_challenger(config, data, item_embeddings, champion, progress, stop):
+    """The training recipe with the warm start as its hook: the champion's weights are transplanted after tonight's
+    statistics are fitted, before the first step; if they do not fit, or the fine-tuning diverges, train afresh."""
     mode, reason = _training_mode(config, champion)
+    warm: dict = {}
 
-    def fresh():
-        model = build_model(config.model, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
-        model.fit_statistics(data)
-        return model
+    def warm_start(model) -> None:
+        warm.update(transplant(model, champion.state, champion.vocabulary, _vocabulary(data), item_embeddings).to_dict())
 
-    def train(model, epochs: int) -> list[dict]:
-        train_config = config.train.model_copy(update={"epochs": epochs})
-        return fit(model, data, train_config, validation_ranking(data, config), selection_metric(config), config.seed, progress, stop=stop)
+    def fresh(epochs: int, hooks: list) -> tuple:
+        model = build(config.model, data, item_embeddings, config.seed)
+        night_config = config.model_copy(update={"train": config.train.model_copy(update={"epochs": epochs})})
+        return model, train(model, data, night_config, progress, stop=stop, before_loop=hooks)
 
-    challenger, warm = fresh(), None
-    if mode == "warm":
-        try:
-            warm = transplant(challenger, champion.state, champion.vocabulary, _vocabulary(data), item_embeddings).to_dict()
-        except ShapeChanged as err:
-            mode, reason, challenger = "full", f"stored weights do not fit: {err}", fresh()
     log.info("challenger: %s training (%s)", mode, reason)
     started = time.perf_counter()
     try:
-        history = train(challenger, config.nightly.warm_epochs if mode == "warm" else config.train.epochs)
-    except TrainingDiverged as err:
+        if mode != "warm":
+            challenger, history = fresh(config.train.epochs, [])
+        else:
+            challenger, history = fresh(config.nightly.warm_epochs, [warm_start])
+    except (ShapeChanged, TrainingDiverged) as err:
         if mode != "warm":
             raise
-        # The champion's weights led the fine-tuning astray (they may hold non-finite values): start from scratch.
-        log.warning("warm start diverged (%s); training from scratch", err)
-        mode, reason, warm, challenger = "full", f"warm start diverged: {err}", None, fresh()
-        history = train(challenger, config.train.epochs)
-    training = {"mode": mode, "reason": reason, "epochs": len(history), "seconds": _since(started), "warm_start": warm}
+        # The stored weights do not fit tonight's model, or they led the fine-tuning astray (they may hold
+        # non-finite values): start from scratch.
+        problem = "stored weights do not fit" if isinstance(err, ShapeChanged) else "warm start diverged"
+        log.warning("%s (%s); training from scratch", problem, err)
+        mode, reason = "full", f"{problem}: {err}"
+        warm.clear()
+        challenger, history = fresh(config.train.epochs, [])
+    training = {"mode": mode, "reason": reason, "epochs": len(history), "seconds": _since(started), "warm_start": warm or None}
     return challenger, training, history
 
 
 def _champion_for_tonight(champion: Champion, data: PreparedData, config: Config, item_embeddings):
     """The champion's weights on tonight's catalog (new items from their text neighbours), with tonight's statistics."""
     embeddings = item_embeddings
-    if uses_text_embeddings(champion.config.model) and (
+    if uses_text(champion.config.model) and (
         embeddings is None or encoder_identity(champion.config.encoder) != encoder_identity(config.encoder)
     ):
         embeddings, _ = encode_items(data.item_texts, champion.config.encoder)
-    model = build_model(champion.config.model, data.n_items, data.category_matrix(), embeddings, config.seed, data.n_users)
-    model.fit_statistics(data)
+    model = build(champion.config.model, data, embeddings, config.seed)
+    model.fit_statistics(data.train_view())
     try:
         transplant(model, champion.state, champion.vocabulary, _vocabulary(data), embeddings)
     except ShapeChanged as err:
@@ -307,21 +315,33 @@ def _champion_for_tonight(champion: Champion, data: PreparedData, config: Config
     return model
 
 
-def _decide(config: Config, challenger: dict, champion: dict | None, champion_problem: str | None = None) -> dict:
+def _evaluate_windows(model, data: PreparedData, config: Config) -> tuple[dict, object]:
+    """{window: metrics} on the gate and test windows, and the test window's rankings (tonight's lists)."""
+    gate_metrics, _ = evaluate(model, data, config, GATE)
+    test_metrics, test_rankings = evaluate(model, data, config, TEST)
+    return {GATE: gate_metrics, TEST: test_metrics}, test_rankings
+
+
+def decide(config: Config, challenger: dict, champion: dict | None, champion_problem: str | None = None) -> dict:
+    """Promote or keep, on the gate window only (`GATE`): {window: metrics} of each model; test numbers are reported
+    beside the decision, never part of it."""
     metric, tolerance = config.nightly.metric, config.nightly.tolerance
-    challenger_value = float(challenger[metric])
+    challenger_value = float(challenger[GATE][metric])
+    reported = {"window": GATE, "window_description": GATE_WINDOW, "metric": metric, "tolerance": tolerance,
+                "challenger": challenger_value, "challenger_test": float(challenger[TEST][metric])}
     if champion is None:
         why = champion_problem or "first night, no champion yet"
-        return {"promote": True, "metric": metric, "challenger": challenger_value, "champion": None, "tolerance": tolerance,
-                "message": f"promoted: {why} (challenger {metric} {challenger_value:.4f})"}
-    champion_value = float(champion[metric])
+        return {"promote": True, **reported, "champion": None, "champion_test": None,
+                "message": f"promoted: {why} (challenger {GATE} {metric} {challenger_value:.4f})"}
+    champion_value = float(champion[GATE][metric])
     bar = champion_value * (1.0 - tolerance)
     promote = challenger_value >= bar
     verdict = "promoted" if promote else "kept the champion"
     return {
-        "promote": promote, "metric": metric, "challenger": challenger_value, "champion": champion_value, "tolerance": tolerance,
-        "message": f"{verdict}: challenger {metric} {challenger_value:.4f} vs champion {champion_value:.4f} "
-        f"(bar {bar:.4f} = champion x (1 - {tolerance:g}))",
+        "promote": promote, **reported, "champion": champion_value, "champion_test": float(champion[TEST][metric]),
+        "message": f"{verdict} on the {GATE} window: challenger {metric} {challenger_value:.4f} vs champion "
+        f"{champion_value:.4f} (bar {bar:.4f} = champion x (1 - {tolerance:g})); test {metric}, reported not "
+        f"decisive: challenger {float(challenger[TEST][metric]):.4f}, champion {float(champion[TEST][metric]):.4f}",
     }
 
 
@@ -357,6 +377,7 @@ def summary_markdown(summary: dict) -> str:
         f"- **Texts**: {texts['encoded']:,} encoded, {texts['from_cache']:,} from the cache",
         f"- **Training**: {training['mode']} ({training['reason']}), {training['epochs']} epochs, {training['seconds']:.1f} s",
         f"- **Decision**: {decision['message']}",
+        f"- **Deciding window**: {decision['window']}, the {decision['window_description']}",
         f"- **Interests**: {profiles['users']:,} profiles; top categories {top}; mean drift since last night {drift}; "
         f"{profiles['users_top_category_changed']:,} users' top category changed",
         f"- **Wall time**: {sum(v for k, v in summary['timings_seconds'].items() if k != 'total'):.1f} s in stages",

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.api import BASELINE, Stages, evaluate, preflight, protocol, selection_metric, train
+from pipeline.api import build, catalog_of, encode, evaluate, preflight, protocol, train
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, VALID, PreparedData
-from pipeline.encoding import encode_items
 from pipeline.errors import PipelineInputError
-from pipeline.models import build_model, uses_text_embeddings
 from pipeline.models.fusion import ScoreFusion
+from pipeline.models.registry import floor_config
 from pipeline.outputs import elapsed, markdown_table
+from pipeline.recipes.context import RunContext
 from pipeline.storage import write_table
 
 log = logging.getLogger("pipeline")
@@ -36,50 +36,49 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
     model_configs = config.compared_models()
     if not model_configs:
         raise PipelineInputError("compare.models: empty; list the models to compare, e.g. [{name: popularity}, {name: item_cf}]")
-    if not any(model_config.name == BASELINE for model_config in model_configs.values()):
-        model_configs = {BASELINE: config.model.model_copy(update={"name": BASELINE}), **model_configs}
-    preflight(config, list(model_configs.values()))
-    stages = Stages(config, f"{config.name}-compare")
-    with stages.publishing() as output:
-        data = stages.load()
-        with stages.stage("encode"):
-            item_embeddings, encoding_stats = None, None
-            if any(uses_text_embeddings(model_config) for model_config in model_configs.values()):
-                item_embeddings, encoding_stats = encode_items(data.item_texts, config.encoder, progress=bool(progress))
-        metrics = {"protocol": protocol(data, config), "splits": {VALID: {}, TEST: {}}}
+    floor = floor_config()
+    if not any(model_config.name == floor.name for model_config in model_configs.values()):
+        model_configs = {floor.name: floor, **model_configs}
+    preflight(config, list(model_configs.values()), "output.root")
+    context = RunContext(config, f"{config.name}-compare")
+    selection = f"ndcg@{config.eval.select_k}"
+    with context.publishing() as output:
+        data = context.load()
+        with context.stage("encode"):
+            item_embeddings, encoding_stats = encode(data, config, list(model_configs.values()), progress=bool(progress))
+        metrics = {"protocol": protocol(data, config), "splits": {VALID: {}, TEST: {}}, "fusion_weights": {}}
         rows, histories, trained = [], [], {}
-        for label, model_config in model_configs.items():
-            with stages.stage(f"train:{label}"):
-                model = build_model(model_config, data.n_items, data.category_matrix(), item_embeddings, config.seed, data.n_users)
+        blends = {"fusion(" + "+".join(blend) + ")": blend for blend in config.compare.fusion}
+        for label, model_config in [*model_configs.items(), *blends.items()]:
+            with context.stage(f"train:{label}"):
+                if label in blends:  # fitted through the same contract: its weights on the validation split
+                    model = ScoreFusion({member: trained[member] for member in blends[label]}, catalog_of(data, None))
+                else:
+                    model = build(model_config, data, item_embeddings, config.seed)
                 history = train(model, data, config, progress)
+            if label in blends:
+                metrics["fusion_weights"][label] = model.member_weights()
+                log.info("%s weights fitted on validation: %s", label, metrics["fusion_weights"][label])
             histories.extend({"model": label, **record} for record in history)
             trained[label] = model
-            rows.append(_leaderboard_row(label, model, data, config, metrics, stages.timings[f"train:{label}"]))
-        metrics["fusion_weights"] = {}
-        for blend in config.compare.fusion:
-            label = "fusion(" + "+".join(blend) + ")"
-            with stages.stage(f"train:{label}"):
-                fusion = ScoreFusion({member: trained[member] for member in blend})
-                weights = fusion.fit_weights(data.eval_cases(VALID), config.eval.select_k, config.eval.exclude_seen, config.eval.user_batch_size)
-            log.info("%s weights fitted on validation: %s", label, weights)
-            metrics["fusion_weights"][label] = weights
-            rows.append(_leaderboard_row(label, fusion, data, config, metrics, stages.timings[f"train:{label}"]))
-        leaderboard = pd.DataFrame(rows).sort_values(f"test_{selection_metric(config)}", ascending=False, kind="stable")
+            rows.append(_leaderboard_row(label, model, data, config, metrics, context.timings[f"train:{label}"]))
+        leaderboard = pd.DataFrame(rows).sort_values(f"test_{selection}", ascending=False, kind="stable")
         output.write_json("metrics.json", metrics)
         output.write_jsonl("history.jsonl", histories)
         write_table(leaderboard, output.file("leaderboard.csv"))
         output.write_text("leaderboard.md", leaderboard_markdown(leaderboard, metrics["protocol"]))
-        run_dir = stages.finish(data, encoding_stats)
+        run_dir = context.finish(data, encoding_stats)
     return CompareResult(run_dir, config, metrics, leaderboard)
 
 
 def _leaderboard_row(label: str, model, data: PreparedData, config: Config, metrics: dict, train_seconds: float) -> dict:
     row = {"model": label}
+    selection = f"ndcg@{config.eval.select_k}"
     for split in (VALID, TEST):
         started = time.perf_counter()
         metrics["splits"][split][label], _ = evaluate(model, data, config, split)
         if split == VALID:
-            row[f"valid_{selection_metric(config)}"] = metrics["splits"][VALID][label][selection_metric(config)]
+            row[f"valid_{selection}"] = metrics["splits"][VALID][label][selection]
     row.update({f"test_{name}": value for name, value in metrics["splits"][TEST][label].items()})
     row["train_seconds"] = train_seconds
     row["test_eval_seconds"] = elapsed(started)

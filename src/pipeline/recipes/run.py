@@ -1,0 +1,80 @@
+"""`run`: one model, top to bottom: load and prepare, encode, build, fit, evaluate (next to the popularity floor),
+publish one run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.api import build, encode, evaluate, preflight, protocol, train
+from pipeline.config import Config, load_config
+from pipeline.data import TEST, VALID
+from pipeline.models.registry import floor_config
+from pipeline.outputs import CHECKPOINT, save_model
+from pipeline.recipes.context import RunContext
+from pipeline.serving import catalog_record, recommendation_frame
+from pipeline.storage import write_table
+from pipeline.training import StopRequest
+
+
+@dataclass
+class RunResult:
+    run_dir: Path | None  # None on ranks other than 0 under torchrun
+    config: Config
+    metrics: dict
+    recommendations: pd.DataFrame
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        return {path.name: path for path in sorted(self.run_dir.iterdir())}
+
+
+def run(
+    config_or_path: str | Path | dict | Config,
+    overrides: list[str] | None = None,
+    progress: bool | None = None,
+    resume: str | Path | None = None,
+    stop: StopRequest | None = None,
+) -> RunResult:
+    """Load, prepare, encode, train, evaluate and write one run directory; return its metrics and lists.
+
+    Every finished epoch is checkpointed in the partial run folder; `resume` (that folder, or "auto" for the newest
+    stopped run of this config's name) continues a stopped or killed run. Requesting `stop` ends training at the next
+    batch boundary (`TrainingStopped`), keeping the folder for resuming.
+    """
+    config = load_config(config_or_path, overrides)
+    preflight(config, [config.model], "output.root")
+    context = RunContext(config, config.name, resume)
+    with context.publishing() as output:
+        data = context.load()
+        with context.stage("encode"):
+            item_embeddings, encoding_stats = encode(data, config, progress=bool(progress))
+        with context.stage("train"):
+            model = build(config.model, data, item_embeddings, config.seed)
+            history = train(model, data, config, progress, output.file(CHECKPOINT), stop)
+        with context.stage("evaluate"):
+            models = {config.model.name: model}
+            floor = floor_config()
+            if floor.name not in models:
+                models[floor.name] = build(floor, data, None, config.seed)
+                train(models[floor.name], data, config)
+            metrics = {"protocol": protocol(data, config), "splits": {VALID: {}, TEST: {}}}
+            for split in (VALID, TEST):
+                for name, candidate in models.items():
+                    metrics["splits"][split][name], rankings = evaluate(candidate, data, config, split)
+                    if split == TEST and candidate is model:
+                        test_users = data.user_ids[data.eval_cases(TEST).users]
+                        recommendations = recommendation_frame(test_users, data.item_ids, rankings)
+        with context.stage("write"):
+            save_model(model, output.file("model.safetensors"))
+            output.write_json("catalog.json", catalog_record(data, item_embeddings))
+            output.write_json("metrics.json", metrics)
+            output.write_jsonl("history.jsonl", history)
+            write_table(recommendations, output.file("recommendations.parquet"))
+            if config.output.write_csv:
+                write_table(recommendations, output.file("recommendations.csv"))
+        run_dir = context.finish(data, encoding_stats)
+    return RunResult(run_dir, config, metrics, recommendations, history)
