@@ -69,6 +69,45 @@ def tiny_config(tiny_data, embedding_cache, tmp_path) -> dict:
     return tiny_config_dict(tiny_data, tmp_path / "runs", embedding_cache)
 
 
+# ---- hand-written logs: one "user,item,timestamp" row per event ----------------------------------------------------
+
+
+def write_log(tmp_path, rows, name="events.csv", header="u,i,t"):
+    path = tmp_path / name
+    path.write_text(header + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def write_items(tmp_path, ids, name="items.csv"):
+    frame = pd.DataFrame({"id": ids, "title": [f"Item {i}" for i in ids], "cat": ["A|B" if str(i).endswith("1") else "C" for i in ids]})
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def config_for(events, items, **data):
+    from pipeline.config import load_config
+
+    return load_config(
+        {
+            "data": {
+                "interactions": {"path": str(events), "columns": {"user": "u", "item": "i", "timestamp": "t"}},
+                "items": {"path": str(items), "columns": {"id": "id", "category": "cat"}},
+                **data,
+            }
+        }
+    )
+
+
+def load_benchmark_nightly():
+    """scripts/benchmark_nightly.py as a module: the nightly tests cut the log as the benchmark does."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    return importlib.import_module("benchmark_nightly")
+
+
 def write_yaml(path: Path, payload: dict) -> Path:
     path.write_text(yaml.safe_dump(payload, sort_keys=False), encoding="utf-8")
     return path

@@ -9,31 +9,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.data import TEST, TRAIN, VALID, load_data, prepare
 from pipeline.errors import PipelineInputError
-
-
-def write_log(tmp_path, rows, name="events.csv", header="u,i,t"):
-    path = tmp_path / name
-    path.write_text(header + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
-def write_items(tmp_path, ids, name="items.csv"):
-    frame = pd.DataFrame({"id": ids, "title": [f"Item {i}" for i in ids], "cat": ["A|B" if str(i).endswith("1") else "C" for i in ids]})
-    path = tmp_path / name
-    frame.to_csv(path, index=False)
-    return path
-
-
-def config_for(events, items, **data):
-    return load_config(
-        {
-            "data": {
-                "interactions": {"path": str(events), "columns": {"user": "u", "item": "i", "timestamp": "t"}},
-                "items": {"path": str(items), "columns": {"id": "id", "category": "cat"}},
-                **data,
-            }
-        }
-    )
+from tests.conftest import config_for, write_items, write_log
 
 
 def test_leave_last_out_keeps_file_order_on_timestamp_ties(tmp_path):

