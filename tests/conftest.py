@@ -60,7 +60,9 @@ def tiny_config_dict(data: Path, output_root: Path, cache: Path, **sections) -> 
         "output": {"root": str(output_root), "top_k": 5},
     }
     for section, values in sections.items():
-        config[section] = {**config.get(section, {}), **values}
+        # A model section holds one model's keys only: another model replaces it rather than adding to it.
+        replaced = section == "model" and values.get("name", "transformer") != "transformer"
+        config[section] = dict(values) if replaced else {**config.get(section, {}), **values}
     return config
 
 

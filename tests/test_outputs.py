@@ -5,7 +5,7 @@ import json
 import pytest
 
 import pipeline
-from pipeline import api
+from pipeline.recipes import run as run_recipe
 from pipeline.storage import file_fingerprint
 
 
@@ -19,7 +19,7 @@ def test_failed_run_leaves_no_directory_and_keeps_latest(tiny_config, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(api, "save_model", broken)
+    monkeypatch.setattr(run_recipe, "save_model", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         pipeline.run(tiny_config)
     names = sorted(path.name for path in (tmp_path / "runs").iterdir())

@@ -1,0 +1,1 @@
+"""Recipes: `run`, `compare`, `nightly`, each load → encode → build → fit → evaluate → publish on one `RunContext`."""
