@@ -352,6 +352,7 @@ def stopped_id_run(finished_id_run, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name, content, message", [case[1:] for case in DAMAGED_PARTIAL], ids=[case[0] for case in DAMAGED_PARTIAL])
+@pytest.mark.slow
 def test_damaged_stopped_run_is_refused_on_resume(stopped_id_run, tmp_path, name, content, message):
     config, folder = stopped_id_run
     copy = tmp_path / "runs" / folder.name

@@ -106,6 +106,7 @@ def test_yaml_merge_keys_still_work(tmp_path):
     assert parse_yaml("base: &b {a: 1, b: 2}\nm:\n  <<: *b\n  b: 3\n") == {"base": {"a": 1, "b": 2}, "m": {"a": 1, "b": 3}}
 
 
+@pytest.mark.slow
 def test_submodules_are_reachable_from_the_package():
     import subprocess
     import sys

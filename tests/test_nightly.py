@@ -111,6 +111,7 @@ def test_two_nights_at_once_only_one_trains(night_config, tmp_path):
     assert len([p for p in (tmp_path / "nightly" / "nights").iterdir() if not p.name.startswith(".") and p.name != "latest"]) == 1
 
 
+@pytest.mark.slow
 def test_stale_lock_is_taken_over_and_a_held_lock_refuses(tmp_path, caplog):
     lock_path = tmp_path / "lock"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

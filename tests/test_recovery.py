@@ -65,6 +65,7 @@ def grow_log(config, quantile):
 # ---- 1. the champion's night ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_state_moved_away_then_a_kept_champion_night_keeps_the_champion(night_config, monkeypatch):
     night = importlib.import_module("pipeline.recipes.nightly.night")
 
@@ -83,6 +84,7 @@ def test_state_moved_away_then_a_kept_champion_night_keeps_the_champion(night_co
     assert pipeline.nightly(config).exit_code in (0, 3)
 
 
+@pytest.mark.slow
 def test_a_dangling_champion_is_reported_and_the_challenger_promoted(night_config, caplog):
     config, root = night_config
     first = pipeline.nightly(config)
@@ -97,6 +99,7 @@ def test_a_dangling_champion_is_reported_and_the_challenger_promoted(night_confi
     assert (root / CHAMPION).resolve() == second.night_dir
 
 
+@pytest.mark.slow
 def test_damaged_champion_weights_are_reported_and_the_challenger_promoted(night_config):
     config, root = night_config
     first = pipeline.nightly(config)
@@ -107,6 +110,7 @@ def test_damaged_champion_weights_are_reported_and_the_challenger_promoted(night
     assert "model.safetensors: damaged model weights" in second.summary["decision"]["message"]
 
 
+@pytest.mark.slow
 def test_state_reconciled_with_the_champion_link(night_config):
     config, root = night_config
     first = pipeline.nightly(config)
@@ -132,6 +136,7 @@ def test_a_failed_write_leaves_no_temporary_file_and_the_old_file(tmp_path, monk
     assert target.read_text() == "old\n" and [path.name for path in tmp_path.iterdir()] == ["table.csv"]
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_checkpoint_then_resume(id_config, monkeypatch, capsys):
     import pipeline.storage
 
@@ -163,6 +168,7 @@ def test_full_disk_during_a_checkpoint_then_resume(id_config, monkeypatch, capsy
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\xff garbage\n1,2\n3\n", b"night,date\n"], ids=["empty", "garbage", "other columns"])
+@pytest.mark.slow
 def test_damaged_history_is_rotated_and_the_night_tells_the_truth(night_config, content, caplog):
     config, root = night_config
     root.mkdir(parents=True)
@@ -179,6 +185,7 @@ def test_damaged_history_is_rotated_and_the_night_tells_the_truth(night_config, 
 # ---- 5. lists stop at the last valid candidate ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_lists_stop_at_the_last_valid_candidate(id_config, tmp_path, night_config):
     id_config["output"]["top_k"] = 100_000  # more than the catalog
     result = pipeline.run(id_config)
@@ -200,6 +207,7 @@ def test_lists_stop_at_the_last_valid_candidate(id_config, tmp_path, night_confi
 # ---- 6. divergence -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_divergence_is_a_named_stop_with_nothing_published(id_config, capsys):
     id_config["train"]["learning_rate"] = 1e30
     with pytest.raises(pipeline.PipelineInputError, match=r"training diverged at epoch 1 \(non-finite (loss|validation scores)\)"):
@@ -236,6 +244,7 @@ def test_a_reused_pid_does_not_keep_a_stopped_run_running(tmp_path):
         sleeper.kill()
 
 
+@pytest.mark.slow
 def test_recommend_refuses_an_unpublished_folder(id_config, tmp_path, capsys):
     result = pipeline.run(id_config)
     partial = result.run_dir.with_name(f".{result.run_dir.name}.partial-{dead_pid()}-1")
@@ -265,6 +274,7 @@ def test_a_concurrent_merge_keeps_the_other_process_vectors(tmp_path, monkeypatc
     assert np.allclose(reread.get(keys("other-", 5)[4]), vectors(5, 9)[4])
 
 
+@pytest.mark.slow
 def test_a_champion_with_non_finite_weights_is_replaced(night_config):
     from safetensors.torch import load_file, save_file
 

@@ -151,6 +151,7 @@ def test_compare_rejects_unknown_fusion_member(tiny_config):
         load_config(tiny_config)
 
 
+@pytest.mark.slow
 def test_saved_baselines_reload(tiny_config):
     for name in ("user_cf", "tfidf_content"):
         result = pipeline.run(tiny_config, overrides=[f"model={{name: {name}}}"])
@@ -214,6 +215,7 @@ def test_classifier_ranks_items_by_category_share_of_popularity(tmp_path):
     assert scores[index_of(data, 20)].item() == pytest.approx(0.4, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_cold_items_only_appear_in_test(tiny_config):
     tiny_config["data"]["cold_item_fraction"] = 0.3
     config = load_config(tiny_config)
