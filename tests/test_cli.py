@@ -119,3 +119,17 @@ def test_help_everywhere():
     for args in ([], ["run"], ["validate"], ["recommend"]):
         result = cli(*args, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_quiet_silences_info_on_the_console_and_run_log_keeps_it(tiny_config, tmp_path, capsys):
+    from pipeline import cli
+
+    tiny_config["model"] = {"name": "popularity"}
+    path = write_yaml(tmp_path / "quiet.yaml", tiny_config)
+    assert cli.main(["run", str(path), "--quiet"]) == 0
+    console = capsys.readouterr()
+    assert " INFO " not in console.err
+    run_log = (tmp_path / "runs" / "latest" / "run.log").read_text(encoding="utf-8")
+    assert " INFO finished in " in run_log
+    assert cli.main(["run", str(path)]) == 0
+    assert " INFO finished in " in capsys.readouterr().err
