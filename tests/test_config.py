@@ -1,5 +1,6 @@
 """Config: typed validation, key paths in errors, suggestions for typos, overrides, path resolution."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,26 @@ def test_submodules_are_reachable_from_the_package():
     code = "import pipeline; print(pipeline.config.load_config.__name__, pipeline.nightly.__name__, callable(pipeline.nightly))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["load_config", "nightly", "True"], result.stderr
+
+
+def test_a_config_stored_in_the_flat_layout_still_loads(tiny_config):
+    # What config.resolved.yaml held before each model had its own schema: every model's keys in one section, the
+    # loss weights under train, a key nothing read.
+    old = copy.deepcopy(tiny_config)
+    old["model"] = {
+        "name": "lstm", "item_representation": "id", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.2,
+        "norm_first": True, "id_dropout": 0.0, "max_length": 20, "future_items": 2, "neighbours": 100,
+        "decay_half_life": 10.0, "recent_days": 30.0, "negatives": 20,
+    }
+    old["train"].update(category_loss_weight=0.25, rating_loss_weight=0.5, future_loss_weight=0.75)
+    old["encoder"]["behavior_recent_items"] = 10
+    old["compare"] = {"models": [{"name": "target_attention", "num_layers": 1}], "fusion": []}
+    with pytest.raises(PipelineInputError, match=r"train\.category_loss_weight has moved to model\.loss\.category_weight"):
+        load_config(old)  # a hand-written config is told where the key went
+    config = load_config(old, check_paths=False, stored=True)
+    assert config.model.name == "lstm" and config.model.hidden_size == 16 and config.model.num_layers == 1
+    assert config.model.loss.model_dump() == {"category_weight": 0.25, "rating_weight": 0.5, "future_items": 2, "future_weight": 0.75}
+    assert config.compare.models[0].name == "target_attention"
+    # Today's layout is left as it is.
+    current = load_config(tiny_config).to_dict()
+    assert load_config(current, check_paths=False, stored=True).to_dict() == current

@@ -340,11 +340,12 @@ class Config(Section):
 
 
 def load_config(
-    source: str | Path | dict | Config, overrides: list[str] | None = None, check_paths: bool = True
+    source: str | Path | dict | Config, overrides: list[str] | None = None, check_paths: bool = True, stored: bool = False
 ) -> Config:
     """Read a YAML file (or take a dict), apply `section.key=value` overrides, validate, resolve paths.
 
-    `check_paths=False` skips the existence checks (a finished run's config, whose data may have moved).
+    `check_paths=False` skips the existence checks (a finished run's config, whose data may have moved); `stored`
+    reads a config the pipeline wrote itself, possibly in an older layout (`upgrade_stored`).
     """
     if isinstance(source, Config):
         raw, base_dir, origin = source.to_dict(), Path.cwd(), "config"
@@ -355,6 +356,8 @@ def load_config(
         raw, base_dir, origin = _read_yaml(path), path.parent, str(path)
     for override in overrides or []:
         apply_override(raw, override)
+    if stored:
+        upgrade_stored(raw)
     try:
         config = Config.model_validate(raw)
     except ValidationError as err:
@@ -362,6 +365,36 @@ def load_config(
     resolve_paths(config, base_dir, check_paths)
     return config
 
+
+
+def upgrade_stored(raw: dict) -> None:
+    """Bring a resolved config written before each model had its own schema to today's layout, in place: the loss
+    weights move from `train` to `model.loss`, and the keys a model never read (the flat model section held every
+    model's keys) are dropped. A champion or a finished run from that version stays loadable; a config already in
+    today's layout is left as it is."""
+    from pipeline.models.registry import DEFAULT_MODEL, model_class
+
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    moved = {
+        new.rsplit(".", 1)[1]: train.pop(old.split(".", 1)[1])
+        for old, new in MOVED_KEYS.items() if old.split(".", 1)[1] in train
+    }
+    encoder = raw.get("encoder")
+    if isinstance(encoder, dict):
+        encoder.pop("behavior_recent_items", None)
+    compare = raw.get("compare") if isinstance(raw.get("compare"), dict) else {}
+    for section in [raw.get("model"), *(compare.get("models") or [])]:
+        if not isinstance(section, dict):
+            continue
+        try:
+            schema = model_class(section.get("name", DEFAULT_MODEL)).config_class
+        except ValueError:
+            continue  # an unknown model: validation names it
+        loss = {**moved, **({"future_items": section.pop("future_items")} if "future_items" in section else {})}
+        if loss and "loss" in schema.model_fields:
+            section["loss"] = {**loss, **(section.get("loss") or {})}
+        for key in [key for key in section if key not in schema.model_fields]:
+            del section[key]
 
 
 def _read_yaml(path: Path) -> dict:

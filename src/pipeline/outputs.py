@@ -188,7 +188,7 @@ def read_run_config(run_dir: Path) -> Config:
     expected = manifest_info.get("config_sha256") if isinstance(manifest_info, dict) else None
     if expected is not None and file_fingerprint(path)["sha256"] != expected:
         raise PipelineInputError(f"{path}: damaged (its sha256 differs from the one recorded in manifest.json)")
-    return load_config(path, check_paths=False)
+    return load_config(path, check_paths=False, stored=True)
 
 
 def save_model(model: torch.nn.Module, path: Path) -> Path:

@@ -150,6 +150,8 @@ class Recommender(torch.nn.Module):
         return {"item": 1.0}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Popularity models saved before every model shared this base had no category weights (they never read them).
+        state_dict.setdefault(prefix + "item_category_weights", self.item_category_weights)
         for name in self.resizable_buffers:
             stored = state_dict.get(prefix + name)
             if stored is not None:

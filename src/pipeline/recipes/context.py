@@ -102,7 +102,7 @@ def _logging_to(path: Path):
 
 
 def _check_same_config(path: Path, config: Config) -> None:
-    stopped = load_config(path, check_paths=False).to_dict()
+    stopped = load_config(path, check_paths=False, stored=True).to_dict()
     differences = _differing_keys(stopped, config.to_dict())
     if differences:
         raise PipelineInputError(
