@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.recipes.compare import compare
 from pipeline.config import load_config
 from pipeline.data import load_data, prepare
 from pipeline.data.prepare import TEST
 from pipeline.evaluation import ranking_metrics
+from pipeline.recipes.compare import compare
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,8 +22,8 @@ import torch
 import yaml
 
 from pipeline.cli import keep_freed_memory
-from pipeline.recipes.nightly import nightly
 from pipeline.outputs import markdown_table
+from pipeline.recipes.nightly import nightly
 
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = REPO / "data" / "ml-latest-small"

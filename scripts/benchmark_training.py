@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cli import keep_freed_memory
 from pipeline.api import build, encode
-from pipeline.config import model_section
-from pipeline.models import model_class
-from pipeline.config import load_config
+from pipeline.cli import keep_freed_memory
+from pipeline.config import load_config, model_section
 from pipeline.data import load_data, prepare
 from pipeline.encoding import native_bf16
+from pipeline.models import model_class
 from pipeline.training import training_autocast, training_dtype, training_windows, window_batches
 
 REPO = Path(__file__).resolve().parents[1]

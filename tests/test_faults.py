@@ -14,10 +14,9 @@ import pytest
 
 import pipeline
 from pipeline.faults import ENVIRONMENT_VARIABLE, STEPS
-from pipeline.recipes.nightly.records import CHAMPION, read_state
 from pipeline.outputs import LATEST, NIGHT_FILES, RUN_FILES
-from tests.conftest import tiny_config_dict
-from tests.conftest import load_benchmark_nightly
+from pipeline.recipes.nightly.records import CHAMPION, read_state
+from tests.conftest import load_benchmark_nightly, tiny_config_dict
 
 benchmark_nightly = load_benchmark_nightly()
 

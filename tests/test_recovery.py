@@ -18,7 +18,6 @@ import torch
 import pipeline
 from pipeline import cli
 from pipeline.encoding import EmbeddingCache, text_key
-from pipeline.recipes.nightly.records import CHAMPION, read_state
 from pipeline.outputs import (
     NIGHT_FILES,
     RUN_FILES,
@@ -26,9 +25,9 @@ from pipeline.outputs import (
     owner_mark,
     resumable_partials,
 )
+from pipeline.recipes.nightly.records import CHAMPION, read_state
 from pipeline.storage import write_atomic
-from tests.conftest import tiny_config_dict
-from tests.conftest import load_benchmark_nightly
+from tests.conftest import load_benchmark_nightly, tiny_config_dict
 
 benchmark_nightly = load_benchmark_nightly()
 

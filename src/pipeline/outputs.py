@@ -33,7 +33,14 @@ from pipeline.config import Config, load_config
 from pipeline.encoding import resolve_device
 from pipeline.errors import PipelineInputError, clip
 from pipeline.storage import (
-    file_fingerprint, follow, fsync_folder, fsync_tree, json_default, point, read_json_file, remove_temporaries,
+    file_fingerprint,
+    follow,
+    fsync_folder,
+    fsync_tree,
+    json_default,
+    point,
+    read_json_file,
+    remove_temporaries,
     write_atomic,
 )
 

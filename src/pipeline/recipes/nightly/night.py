@@ -37,7 +37,7 @@ from pipeline.outputs import read_run_config, read_weights, save_model, utc_now
 from pipeline.recipes.context import RunContext
 from pipeline.recipes.nightly.lock import NightLock
 from pipeline.recipes.nightly.profiles import interest_profiles, profile_summary
-from pipeline.recipes.nightly.records import append_history, CHAMPION, history_row, read_state, remove_old_nights
+from pipeline.recipes.nightly.records import CHAMPION, append_history, history_row, read_state, remove_old_nights
 from pipeline.serving import catalog_record, read_catalog, recommendation_frame
 from pipeline.storage import file_fingerprint, follow, point, write_json_atomic, write_table
 from pipeline.training import StopRequest, TrainingDiverged
