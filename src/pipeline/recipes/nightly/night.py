@@ -37,14 +37,23 @@ from pipeline.outputs import read_run_config, read_weights, save_model, utc_now
 from pipeline.recipes.context import RunContext
 from pipeline.recipes.nightly.lock import NightLock
 from pipeline.recipes.nightly.profiles import interest_profiles, profile_summary
-from pipeline.recipes.nightly.records import CHAMPION, append_history, history_row, read_state, remove_old_nights
+from pipeline.recipes.nightly.records import (
+    CHAMPION,
+    KEPT_CHAMPION,
+    PROMOTED,
+    append_history,
+    history_row,
+    read_state,
+    remove_old_nights,
+    summary_markdown,
+)
 from pipeline.serving import catalog_record, read_catalog, recommendation_frame
 from pipeline.storage import file_fingerprint, follow, point, write_json_atomic, write_table
 from pipeline.training import StopRequest, TrainingDiverged
 
 log = logging.getLogger("pipeline")
 
-PROMOTED, KEPT_CHAMPION, NOTHING_NEW = "promoted", "kept_champion", "nothing_new"
+NOTHING_NEW = "nothing_new"
 # The window that decides a promotion, and how the summary names it.
 GATE = VALID
 GATE_WINDOW = "validation events (each user's event before the test one; neither model trained on them)"
@@ -357,33 +366,6 @@ def _previous_profiles(root: Path, state: dict) -> pd.DataFrame | None:
     except Exception as err:  # pyarrow's own error types for a damaged file
         log.warning("%s: unreadable (%s); tonight's profiles report no drift", path, clip(str(err)))
         return None
-
-
-# ---- summary -------------------------------------------------------------------------------------------------------
-
-
-def summary_markdown(summary: dict) -> str:
-    data, texts, training, decision, profiles = (
-        summary["data"], summary["texts"], summary["training"], summary["decision"], summary["profiles"]
-    )
-    status = {PROMOTED: "challenger promoted", KEPT_CHAMPION: "champion kept"}[summary["status"]]
-    top = ", ".join(f"{name} {share:.0%}" for name, share in profiles["top_categories"].items())
-    drift = "n/a (first profiles)" if profiles["mean_drift"] is None else f"{profiles['mean_drift']:.3f}"
-    lines = [
-        f"# Night {summary['night']}: {status}",
-        "",
-        f"- **Data**: {data['events']:,} events ({data['new_events']:,} new), {data['users']:,} users ({data['new_users']:,} new), "
-        f"{data['items']:,} items ({data['new_items']:,} new); newest event {data['newest_event']}",
-        f"- **Texts**: {texts['encoded']:,} encoded, {texts['from_cache']:,} from the cache",
-        f"- **Training**: {training['mode']} ({training['reason']}), {training['epochs']} epochs, {training['seconds']:.1f} s",
-        f"- **Decision**: {decision['message']}",
-        f"- **Deciding window**: {decision['window']}, the {decision['window_description']}",
-        f"- **Interests**: {profiles['users']:,} profiles; top categories {top}; mean drift since last night {drift}; "
-        f"{profiles['users_top_category_changed']:,} users' top category changed",
-        f"- **Wall time**: {sum(v for k, v in summary['timings_seconds'].items() if k != 'total'):.1f} s in stages",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _iso(timestamp: int | None) -> str | None:

@@ -1,4 +1,4 @@
-"""What outlives a night under `nightly.root`: the champion link, state.json, history.csv, and retention.
+"""What outlives a night under `nightly.root`: the champion link, state.json, history.csv, retention, the summary.
 
 The champion link is the truth about which night serves: state.json records the watermark, the input fingerprints
 and the promoted nights, and is reconciled with the link on reading. history.csv is a report: damaged, it is moved
@@ -20,6 +20,8 @@ from pipeline.outputs import utc_now
 from pipeline.storage import follow, read_json_file, write_table
 
 log = logging.getLogger("pipeline")
+
+PROMOTED, KEPT_CHAMPION = "promoted", "kept_champion"
 
 CHAMPION = "champion"
 DELETING = ".deleting-"
@@ -122,3 +124,29 @@ def remove_old_nights(root: Path, keep: int, promoted: set[str]) -> None:
             log.info("retention: deleted %s (older than the last %d nights, never promoted)", night_dir.name, keep)
     for folder in doomed:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def summary_markdown(summary: dict) -> str:
+    data, texts, training, decision, profiles = (
+        summary["data"], summary["texts"], summary["training"], summary["decision"], summary["profiles"]
+    )
+    status = {PROMOTED: "challenger promoted", KEPT_CHAMPION: "champion kept"}[summary["status"]]
+    top = ", ".join(f"{name} {share:.0%}" for name, share in profiles["top_categories"].items())
+    drift = "n/a (first profiles)" if profiles["mean_drift"] is None else f"{profiles['mean_drift']:.3f}"
+    lines = [
+        f"# Night {summary['night']}: {status}",
+        "",
+        f"- **Data**: {data['events']:,} events ({data['new_events']:,} new), {data['users']:,} users ({data['new_users']:,} new), "
+        f"{data['items']:,} items ({data['new_items']:,} new); newest event {data['newest_event']}",
+        f"- **Texts**: {texts['encoded']:,} encoded, {texts['from_cache']:,} from the cache",
+        f"- **Training**: {training['mode']} ({training['reason']}), {training['epochs']} epochs, {training['seconds']:.1f} s",
+        f"- **Decision**: {decision['message']}",
+        f"- **Deciding window**: {decision['window']}, the {decision['window_description']}",
+        f"- **Interests**: {profiles['users']:,} profiles; top categories {top}; mean drift since last night {drift}; "
+        f"{profiles['users_top_category_changed']:,} users' top category changed",
+        f"- **Wall time**: {sum(v for k, v in summary['timings_seconds'].items() if k != 'total'):.1f} s in stages",
+        "",
+    ]
+    return "\n".join(lines)
+
+
