@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pipeline.cli import keep_freed_memory
-from pipeline.config import model_section
+from pipeline.config_models import model_section
 from pipeline.models import Catalog, build_model
 from pipeline.ranking import Ranker, history_mask, rank_users
 

@@ -25,7 +25,8 @@ import torch
 
 from pipeline.api import build, encode
 from pipeline.cli import keep_freed_memory
-from pipeline.config import load_config, model_section
+from pipeline.config import load_config
+from pipeline.config_models import model_section
 from pipeline.data import load_data, prepare
 from pipeline.encoding import native_bf16
 from pipeline.models import model_class

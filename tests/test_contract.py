@@ -14,7 +14,8 @@ import torch
 from pydantic import Field
 
 import pipeline
-from pipeline.config import load_config, model_section
+from pipeline.config import load_config
+from pipeline.config_models import model_section
 from pipeline.data import TEST, VALID, load_data, prepare
 from pipeline.models import Catalog, Recommender, register
 from pipeline.models.registry import MODELS

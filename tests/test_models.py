@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline.api import build, evaluate, train
-from pipeline.config import load_config, model_section
+from pipeline.config import load_config
+from pipeline.config_models import model_section
 from pipeline.data import TEST, load_data, prepare
 from pipeline.models import Catalog, build_model
 

@@ -7,7 +7,8 @@ import torch
 
 import pipeline
 from pipeline.api import catalog_of
-from pipeline.config import load_config, model_section
+from pipeline.config import load_config
+from pipeline.config_models import model_section
 from pipeline.data import load_data, prepare
 from pipeline.models import build_model
 from pipeline.ranking import Ranker
