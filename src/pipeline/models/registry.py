@@ -67,10 +67,6 @@ def model_class(name: str) -> type[Recommender]:
     return MODELS[name]
 
 
-def model_names() -> list[str]:
-    return list(MODELS)
-
-
 def uses_text(config: ModelSection) -> bool:
     """Whether the model of `config` reads the catalog's text embeddings (so they must be encoded)."""
     return model_class(config.name).uses_text(config)
