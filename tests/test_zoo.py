@@ -245,3 +245,11 @@ def test_fusion_weight_search_ranks_each_user_by_their_own_scores():
     rankings = rank_users(_Fixed(scores, histories), histories, None, 3, ranker, 2)
     expected = scores[:, 1:].argsort(dim=1, descending=True)[:, :3] + 1
     assert rankings.top_items.tolist() == expected.tolist()
+
+
+def test_fusion_standardizes_over_the_items_a_user_has_not_seen():
+    from pipeline.models.fusion import standardize
+
+    # Items 1-3 unseen (scores 1, 2, 3: mean 2, sample std 1); item 4 is the user's own, scored 10.
+    scores = torch.tensor([[0.0, 1.0, 2.0, 3.0, 10.0]])
+    assert standardize(scores, [np.array([4])]).tolist() == [[0.0, -1.0, 0.0, 1.0, 8.0]]

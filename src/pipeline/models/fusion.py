@@ -14,17 +14,22 @@ import torch
 from pipeline.data.prepare import TrainView
 from pipeline.evaluation import ranking_metrics
 from pipeline.models.base import Catalog, Recommender
-from pipeline.ranking import rank_users
+from pipeline.ranking import history_mask, rank_users
 from pipeline.schema import ModelSection
 
 # Weight grid resolution on the simplex: 0, 0.1, ..., 1 for each member, summing to 1.
 WEIGHT_STEPS = 10
 
 
-def standardize(scores: torch.Tensor) -> torch.Tensor:
-    """Per user: zero mean, unit variance over the catalog (column 0, padding, excluded), so scales are comparable."""
-    real = scores[:, 1:]
-    centred = (scores - real.mean(dim=1, keepdim=True)) / real.std(dim=1, keepdim=True).clamp(min=1e-8)
+def standardize(scores: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+    """Per user: zero mean, unit variance over the items the user has not seen (padding excluded), so scales are
+    comparable. A user's own items, which most models score highest, would otherwise set each member's scale."""
+    candidates = ~history_mask(histories, scores.shape[1], scores.device)
+    candidates[:, 0] = False
+    count = candidates.sum(dim=1, keepdim=True).clamp(min=2)
+    mean = (scores * candidates).sum(dim=1, keepdim=True) / count
+    spread = ((((scores - mean) * candidates) ** 2).sum(dim=1, keepdim=True) / (count - 1)).sqrt()
+    centred = (scores - mean) / spread.clamp(min=1e-8)
     centred[:, 0] = 0
     return centred
 
@@ -45,10 +50,10 @@ class ScoreFusion(Recommender):
         self.max_length = max(member.max_length for member in members.values())
 
     def member_weights(self) -> dict[str, float]:
-        return dict(zip(self.members.keys(), self.weights.tolist()))
+        return {name: round(weight, 6) for name, weight in zip(self.members.keys(), self.weights.tolist())}
 
     def _member_scores(self, histories: list[np.ndarray]) -> list[torch.Tensor]:
-        return [standardize(member.score_items(histories).float().cpu()) for member in self.members.values()]
+        return [standardize(member.score_items(histories).float().cpu(), histories) for member in self.members.values()]
 
     def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
         return sum(weight * scores for weight, scores in zip(self.weights, self._member_scores(histories)))
