@@ -138,3 +138,22 @@ def test_a_config_stored_in_the_flat_layout_still_loads(tiny_config):
     # Today's layout is left as it is.
     current = load_config(tiny_config).to_dict()
     assert load_config(current, check_paths=False, stored=True).to_dict() == current
+
+
+def test_a_stored_future_weight_without_future_items_is_dropped_not_refused(tiny_config):
+    old = copy.deepcopy(tiny_config)
+    old["model"] = {**old["model"], "future_items": 0}
+    old["train"]["future_loss_weight"] = 0.75  # had no effect without future items
+    config = load_config(old, check_paths=False, stored=True)
+    assert config.model.loss.future_items == 0 and config.model.loss.future_weight == 0.5
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"model": {"name": ["lstm"]}}, r"model: model name: expected text, got list; models: popularity, "),
+    ({"compare": {"models": [{"name": "lstm", "future_items": 2}]}},
+     r"compare\.models\.0\.future_items has moved to compare\.models\.0\.loss\.future_items"),
+    ({"model": {"name": "popularity", "future_items": 3}}, r"model\.future_items is not a key of model popularity$"),
+])
+def test_model_section_errors_name_the_full_key_path(tiny_config, section, message):
+    with pytest.raises(PipelineInputError, match=message):
+        load_config({**tiny_config, **section})

@@ -1,6 +1,7 @@
 """Nights on the bundled MovieLens log cut by time: scratch, warm start, nothing new, a degraded challenger, the lock."""
 
 import json
+import zlib
 import os
 import subprocess
 import sys
@@ -62,9 +63,9 @@ def test_three_nights_then_a_degraded_challenger(night_config):
     warm = second.summary["training"]["warm_start"]
     assert warm["new_items"] == warm["new_items_from_text"] == items_night2 - items_night1
     decision = second.summary["decision"]
-    assert decision["champion"] is not None and decision["window"] == "valid"
-    assert "- **Deciding window**: valid, the validation events" in (second.night_dir / "summary.md").read_text()
-    assert set(json.loads((second.night_dir / "metrics.json").read_text())["splits"]) == {"valid", "test"}
+    assert decision["champion"] is not None and decision["window"] == "gate"
+    assert "- **Deciding window**: gate, the validation events of half the users" in (second.night_dir / "summary.md").read_text()
+    assert set(json.loads((second.night_dir / "metrics.json").read_text())["splits"]) == {"gate", "test"}
     assert second.status == ("promoted" if decision["challenger"] >= decision["champion"] * 0.98 else "kept_champion")
     profiles = pd.read_parquet(second.night_dir / "profiles.parquet")
     returning = profiles[~profiles["new_user"]]
@@ -139,14 +140,14 @@ def test_the_gate_window_decides_and_the_test_window_only_reports(tiny_config):
     from pipeline.recipes.nightly.night import decide
 
     config = load_config(tiny_config)  # nightly.metric: ndcg@10, tolerance 0.02
-    better_on_test_only = {"valid": {"ndcg@10": 0.10}, "test": {"ndcg@10": 0.30}}
-    champion = {"valid": {"ndcg@10": 0.20}, "test": {"ndcg@10": 0.15}}
+    better_on_test_only = {"gate": {"ndcg@10": 0.10}, "test": {"ndcg@10": 0.30}}
+    champion = {"gate": {"ndcg@10": 0.20}, "test": {"ndcg@10": 0.15}}
     kept = decide(config, better_on_test_only, champion)
-    assert not kept["promote"] and kept["window"] == "valid"
+    assert not kept["promote"] and kept["window"] == "gate"
     assert (kept["challenger"], kept["champion"], kept["challenger_test"], kept["champion_test"]) == (0.10, 0.20, 0.30, 0.15)
-    assert kept["message"].startswith("kept the champion on the valid window: challenger ndcg@10 0.1000 vs champion 0.2000")
+    assert kept["message"].startswith("kept the champion on the gate window: challenger ndcg@10 0.1000 vs champion 0.2000")
     # Within the tolerance on the gate window (0.197 >= 0.2 x 0.98 = 0.196), whatever the test window says.
-    close = decide(config, {"valid": {"ndcg@10": 0.197}, "test": {"ndcg@10": 0.01}}, champion)
+    close = decide(config, {"gate": {"ndcg@10": 0.197}, "test": {"ndcg@10": 0.01}}, champion)
     assert close["promote"]
 
 
@@ -163,11 +164,11 @@ def test_a_challenger_better_only_on_test_is_not_promoted(night_config, tmp_path
     evaluate_windows = night._evaluate_windows
     calls = []
 
-    def challenger_worse_on_gate_better_on_test(model, data, night_config):
-        metrics, rankings = evaluate_windows(model, data, night_config)
+    def challenger_worse_on_gate_better_on_test(model, data, night_config, gate):
+        metrics, rankings = evaluate_windows(model, data, night_config, gate)
         calls.append(model)
         if len(calls) == 1:  # the challenger is evaluated first
-            metrics["valid"] = {**metrics["valid"], "ndcg@50": 0.0}
+            metrics["gate"] = {**metrics["gate"], "ndcg@50": 0.0}
             metrics["test"] = {**metrics["test"], "ndcg@50": 1.0}
         return metrics, rankings
 
@@ -178,4 +179,23 @@ def test_a_challenger_better_only_on_test_is_not_promoted(night_config, tmp_path
     decision = second.summary["decision"]
     assert decision["challenger_test"] == 1.0 > decision["champion_test"] and decision["challenger"] == 0.0
     assert (tmp_path / "nightly" / "champion").resolve() == first.night_dir
-    assert "Deciding window**: valid" in (second.night_dir / "summary.md").read_text()
+    assert "Deciding window**: gate" in (second.night_dir / "summary.md").read_text()
+
+
+def test_the_gate_is_the_validation_half_the_challenger_does_not_select_on(tiny_config):
+    from pipeline.config import load_config
+    from pipeline.data import VALID, load_data, prepare
+    from pipeline.recipes.nightly.night import split_validation
+
+    config = load_config(tiny_config)
+    data = prepare(load_data(config.data), config.data)
+    selection, gate = split_validation(data)
+    everyone = data.eval_cases(VALID)
+    assert len(selection) >= 2 and len(gate) >= 2
+    assert not set(selection.users) & set(gate.users)
+    assert sorted([*selection.users, *gate.users]) == sorted(everyone.users)
+    # A user's side follows from their id alone: the same on another night, with other users around.
+    fewer = data.user_ids[gate.users][:3]
+    assert all(zlib.crc32(str(user).encode("utf-8")) % 2 == 1 for user in fewer)
+    row = list(everyone.users).index(gate.users[0])
+    assert gate.targets[0].tolist() == everyone.targets[row].tolist()

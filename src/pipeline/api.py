@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.config import Config, load_config
-from pipeline.data import TEST, VALID, PreparedData, load_data, prepare
+from pipeline.data import TEST, VALID, EvalCases, PreparedData, load_data, prepare
 from pipeline.encoding import EncodingStats, encode_items, encoder_identity, resolve_model_source
 from pipeline.evaluation import Validator, evaluate_model
 from pipeline.models import Catalog, Recommender, build_model, uses_text
@@ -46,9 +46,11 @@ def build(model_config: ModelSection, data: PreparedData, item_embeddings: np.nd
     return build_model(model_config, catalog_of(data, embeddings), seed)
 
 
-def validator(data: PreparedData, config: Config) -> Validator:
-    """Early stopping and model selection: NDCG@select_k on the validation split, same protocol as the final evaluation."""
-    return Validator(data.eval_cases(VALID), config.eval.select_k, config.eval.exclude_seen, config.eval.user_batch_size)
+def validator(data: PreparedData, config: Config, cases: EvalCases | None = None) -> Validator:
+    """Early stopping and model selection: NDCG@select_k on the validation split (or `cases` of it), same protocol
+    as the final evaluation."""
+    cases = data.eval_cases(VALID) if cases is None else cases
+    return Validator(cases, config.eval.select_k, config.eval.exclude_seen, config.eval.user_batch_size)
 
 
 def train(
@@ -59,16 +61,22 @@ def train(
     checkpoint: Path | None = None,
     stop: StopRequest | None = None,
     before_loop: list[Callable[[torch.nn.Module], None]] | None = None,
+    validation: EvalCases | None = None,
 ) -> list[dict]:
     """Fit the model on the training view (statistics, then the gradient loop; see `training.fit` for checkpoint and
-    stop); `before_loop` hooks run between the two."""
-    fitter = Fitter(config.train, validator(data, config), config.seed, progress, checkpoint, stop, list(before_loop or []))
+    stop); `before_loop` hooks run between the two; `validation` (default: the validation split) selects the epoch."""
+    fitter = Fitter(
+        config.train, validator(data, config, validation), config.seed, progress, checkpoint, stop, list(before_loop or [])
+    )
     return model.fit(data.train_view(), fitter)
 
 
-def evaluate(model: Recommender, data: PreparedData, config: Config, split: str) -> tuple[dict, Rankings]:
+def evaluate(
+    model: Recommender, data: PreparedData, config: Config, split: str, cases: EvalCases | None = None
+) -> tuple[dict, Rankings]:
+    """Every metric of `model` on `split` (or on `cases`, a part of it)."""
     return evaluate_model(
-        model, data.eval_cases(split), data.item_categories, data.n_items, config.eval.ks, config.eval.exclude_seen,
+        model, data.eval_cases(split) if cases is None else cases, data.item_categories, data.n_items, config.eval.ks, config.eval.exclude_seen,
         config.eval.user_batch_size, config.output.top_k, data.cold_items,
     )
 

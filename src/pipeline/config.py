@@ -257,8 +257,9 @@ class NightlyConfig(Section):
     """Fine-tune the champion on tonight's data; a full retrain happens anyway when the encoder or model changed."""
     warm_epochs: int = Field(5, ge=1)
     metric: str | None = None
-    """Promote when the challenger's `metric` on the gate window (the validation events, which neither model
-    trained on) is at least (1 - tolerance) x the champion's; test metrics are reported, never decisive. Default:
+    """Promote when the challenger's `metric` on the gate window (the validation events of half the users, which
+    neither model trained on and the challenger did not select its epoch on) is at least (1 - tolerance) x the
+    champion's; test metrics are reported, never decisive. Default:
     ndcg@<eval.select_k> (the metric that selects epochs) when select_k is among eval.ks."""
     tolerance: float = Field(0.02, ge=0.0, lt=1.0)
     keep_nights: int = Field(7, ge=1)

@@ -19,7 +19,7 @@ MOVED_KEYS = {
     "train.future_loss_weight": "model.loss.future_weight",
 }
 # The same inside a model section (its errors are described relative to it).
-MOVED_MODEL_KEYS = {"future_items": "model.loss.future_items"}
+MOVED_MODEL_KEYS = {"future_items": f"{SECTION_PATH}loss.future_items"}
 
 
 def _model_section(value) -> ModelSection:
@@ -35,7 +35,8 @@ def _model_section(value) -> ModelSection:
     try:
         return schema.model_validate({"name": name, **value})
     except ValidationError as err:
-        raise ValueError(describe_errors(err, schema, owner=f"model {name}", moved=MOVED_MODEL_KEYS)) from None
+        moved = MOVED_MODEL_KEYS if "loss" in schema.model_fields else None
+        raise ValueError(describe_errors(err, schema, owner=f"model {name}", moved=moved)) from None
 
 
 ModelConfig = Annotated[SerializeAsAny[ModelSection], BeforeValidator(_model_section)]
@@ -75,6 +76,8 @@ def upgrade_stored(raw: dict) -> None:
         except ValueError:
             continue  # an unknown model: validation names it
         loss = {**moved, **({"future_items": section.pop("future_items")} if "future_items" in section else {})}
+        if not loss.get("future_items"):
+            loss.pop("future_weight", None)  # it had no effect without future items, and is refused alone now
         if loss and "loss" in schema.model_fields:
             section["loss"] = {**loss, **(section.get("loss") or {})}
         for key in [key for key in section if key not in schema.model_fields]:

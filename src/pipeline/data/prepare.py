@@ -38,6 +38,15 @@ class EvalCases:
     def next_items(self) -> np.ndarray:
         return np.array([target[0] for target in self.targets], dtype=np.int64)
 
+    def subset(self, rows: np.ndarray) -> EvalCases:
+        """The cases at `rows` (positions), in their order."""
+        return EvalCases(
+            users=self.users[rows],
+            histories=[self.histories[row] for row in rows],
+            targets=[self.targets[row] for row in rows],
+            next_ratings=None if self.next_ratings is None else self.next_ratings[rows],
+        )
+
 
 @dataclass
 class TrainView:

@@ -193,7 +193,7 @@ class ScoringModel(Recommender):
         scores[:, 0] = float("-inf")
         order = popularity_order(self.statistics.item_counts)
         top = order[top_indices(scores[:, order], min(self.CATEGORY_TOP_ITEMS, self.n_items))]
-        rank_weights = 1.0 / torch.arange(1, top.shape[1] + 1, dtype=torch.float32)
+        rank_weights = 1.0 / torch.arange(1, top.shape[1] + 1, dtype=torch.float32, device=top.device)
         return torch.einsum("r,brc->bc", rank_weights, self.item_category_weights[top])
 
     def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:

@@ -60,6 +60,8 @@ FLOOR_MODEL = Popularity.config_class.model_fields["name"].default
 
 
 def model_class(name: str) -> type[Recommender]:
+    if not isinstance(name, str):
+        raise ValueError(f"model name: expected text, got {type(name).__name__}; models: {', '.join(MODELS)}")
     if name not in MODELS:
         hint = difflib.get_close_matches(str(name), list(MODELS), n=1)
         suggestion = f"did you mean {hint[0]}? " if hint else ""

@@ -6,8 +6,9 @@ A night, top to bottom:
 3. encode item texts through the cache (only new or changed texts are encoded);
 4. train the challenger: warm-started from the champion (same encoder and model shape) or from scratch;
 5. evaluate challenger and champion on the same events; promote if the challenger is not worse by more than the
-   tolerance on the gate window: the validation events (each user's event before the test one), which neither model
-   trained on; the test window is reported for both but does not decide, so it stays an unbiased estimate;
+   tolerance on the gate window: the validation events of half the users (by a hash of the user id), which neither
+   model trained on and the challenger did not select its epoch on (it selects on the other half); the test window is
+   reported for both but does not decide, so it stays an unbiased estimate;
 6. write the night's run directory (model, metrics, lists, interest profiles, summary), move the champion pointer if
    promoted, update the state and the history table, delete old nights.
 
@@ -20,15 +21,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline import faults
 from pipeline.api import build, encode, evaluate, preflight, protocol, train
 from pipeline.config import Config, load_config
-from pipeline.data import TEST, VALID, PreparedData
+from pipeline.data import TEST, VALID, EvalCases, PreparedData
 from pipeline.encoding import encode_items, encoder_identity
 from pipeline.errors import PipelineInputError, StorageError, clip
 from pipeline.models import uses_text
@@ -55,8 +58,11 @@ log = logging.getLogger("pipeline")
 
 NOTHING_NEW = "nothing_new"
 # The window that decides a promotion, and how the summary names it.
-GATE = VALID
-GATE_WINDOW = "validation events (each user's event before the test one; neither model trained on them)"
+GATE = "gate"
+GATE_WINDOW = (
+    "validation events of half the users, chosen by a hash of the user id: neither model trained on them and the "
+    "challenger did not select its epoch on them (it selects on the other half)"
+)
 # Exit codes of `python -m pipeline nightly` besides 1 (failure) and 2 (bad input); documented in the README.
 EXIT_CODES = {PROMOTED: 0, NOTHING_NEW: 0, KEPT_CHAMPION: 3}
 EXIT_LOCK_HELD = 4
@@ -124,15 +130,16 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
         with context.stage("encode"):
             item_embeddings, encoding = encode(data, config, progress=bool(progress))
         texts = {"encoded": encoding.encoded if encoding else 0, "from_cache": encoding.from_cache if encoding else 0}
+        selection, gate = split_validation(data)
         with context.stage("train"):
-            challenger, training, history = _train_challenger(config, data, item_embeddings, champion, progress, stop)
+            challenger, training, history = _train_challenger(config, data, item_embeddings, champion, progress, stop, selection)
         with context.stage("evaluate"):
-            challenger_metrics, challenger_rankings = _evaluate_windows(challenger, data, config)
+            challenger_metrics, challenger_rankings = _evaluate_windows(challenger, data, config, gate)
             champion_metrics, champion_rankings = {}, None
             if champion is not None:
                 try:  # NaN weights surface here as NonFiniteScores, itself bad input
                     champion_model = _champion_for_tonight(champion, data, config, item_embeddings)
-                    champion_metrics, champion_rankings = _evaluate_windows(champion_model, data, config)
+                    champion_metrics, champion_rankings = _evaluate_windows(champion_model, data, config, gate)
                 except PipelineInputError as err:
                     champion_problem, champion_metrics = f"champion unusable: {err}", {}
                     log.warning("%s; tonight's challenger will be promoted", champion_problem)
@@ -272,7 +279,7 @@ def _changed_keys(before: dict, after: dict) -> list[str]:
     return sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
 
 
-def _train_challenger(config, data, item_embeddings, champion, progress, stop):
+def _train_challenger(config, data, item_embeddings, champion, progress, stop, selection):
     """The training recipe with the warm start as its hook: the champion's weights are transplanted after tonight's
     statistics are fitted, before the first step; if they do not fit, or the fine-tuning diverges, train afresh."""
     mode, reason = _training_mode(config, champion)
@@ -284,7 +291,7 @@ def _train_challenger(config, data, item_embeddings, champion, progress, stop):
     def fresh(epochs: int, hooks: list) -> tuple:
         model = build(config.model, data, item_embeddings, config.seed)
         night_config = config.model_copy(update={"train": config.train.model_copy(update={"epochs": epochs})})
-        return model, train(model, data, night_config, progress, stop=stop, before_loop=hooks)
+        return model, train(model, data, night_config, progress, stop=stop, before_loop=hooks, validation=selection)
 
     log.info("challenger: %s training (%s)", mode, reason)
     started = time.perf_counter()
@@ -324,9 +331,19 @@ def _champion_for_tonight(champion: Champion, data: PreparedData, config: Config
     return model
 
 
-def _evaluate_windows(model, data: PreparedData, config: Config) -> tuple[dict, object]:
+def split_validation(data: PreparedData) -> tuple[EvalCases, EvalCases]:
+    """(epoch selection, gate) halves of the validation cases, by a hash of the original user id, so a user stays on
+    their side from night to night. With fewer than two users on a side, both use every validation case."""
+    cases = data.eval_cases(VALID)
+    in_gate = np.array([zlib.crc32(str(user).encode("utf-8")) % 2 == 1 for user in data.user_ids[cases.users]], dtype=bool)
+    if min(int(in_gate.sum()), int((~in_gate).sum())) < 2:
+        return cases, cases
+    return cases.subset(np.flatnonzero(~in_gate)), cases.subset(np.flatnonzero(in_gate))
+
+
+def _evaluate_windows(model, data: PreparedData, config: Config, gate: EvalCases) -> tuple[dict, object]:
     """{window: metrics} on the gate and test windows, and the test window's rankings (tonight's lists)."""
-    gate_metrics, _ = evaluate(model, data, config, GATE)
+    gate_metrics, _ = evaluate(model, data, config, VALID, cases=gate)
     test_metrics, test_rankings = evaluate(model, data, config, TEST)
     return {GATE: gate_metrics, TEST: test_metrics}, test_rankings
 
