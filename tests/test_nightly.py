@@ -1,10 +1,10 @@
 """Nights on the bundled MovieLens log cut by time: scratch, warm start, nothing new, a degraded challenger, the lock."""
 
 import json
-import zlib
 import os
 import subprocess
 import sys
+import zlib
 
 import pandas as pd
 import pytest
