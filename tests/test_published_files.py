@@ -51,3 +51,9 @@ def test_a_published_comparison_holds_exactly_the_documented_files(tiny_data, tm
     )
     result = pipeline.compare(config)
     assert {path.name for path in result.run_dir.iterdir()} == COMPARE_FILES
+    # A comparison holds no model: it moves its own pointer, never the `latest` that load_run and recommend follow.
+    runs = tmp_path / "runs"
+    assert (runs / "latest-compare").resolve() == result.run_dir and not (runs / "latest").exists()
+    served = pipeline.run({**config, "model": {"name": "popularity"}})
+    pipeline.compare(config)
+    assert pipeline.load_run(runs).run_dir == served.run_dir == (runs / "latest").resolve()

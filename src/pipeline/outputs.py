@@ -47,6 +47,8 @@ from pipeline.storage import (
 log = logging.getLogger("pipeline")
 
 LATEST = "latest"
+# Where `compare` points: its folders hold no model, so `latest` (what `load_run` and `recommend` follow) never leads there.
+LATEST_COMPARE = "latest-compare"
 PARTIAL_MARK = ".partial-"
 CHECKPOINT = "checkpoint.pt"
 # A run's folder name: <name>-<UTC time to the microsecond>.
@@ -77,8 +79,9 @@ def check_output_root(root: str | Path, key: str = "output.root") -> None:
 class RunDirectory:
     """Collects a run's files in a temporary folder; `commit()` publishes it atomically."""
 
-    def __init__(self, root: str | Path, name: str, partial: Path | None = None):
+    def __init__(self, root: str | Path, name: str, partial: Path | None = None, pointer: str = LATEST):
         self.root = Path(root)
+        self.pointer = pointer
         self.resumed = partial is not None
         self.scratch = False
         check_output_root(self.root)
@@ -132,7 +135,7 @@ class RunDirectory:
         os.rename(self.path, self.final_path)
         fsync_folder(self.root)
         faults.reached("publish:renamed")
-        point_latest(self.root, self.final_path)
+        point(self.root / self.pointer, self.final_path)
         return self.final_path
 
     def abort(self) -> None:
@@ -158,19 +161,6 @@ def find_resumable(root: str | Path, name: str, partial: str | Path) -> Path:
             raise PipelineInputError(f"--resume: {folder} belongs to a run that is still running (pid {owner[0]})")
         raise PipelineInputError(f"--resume: {folder} is not a stopped run of {name!r} with a checkpoint under {root.resolve()}")
     return folder
-
-
-def point_latest(root: Path, target: Path) -> None:
-    """Move `root/latest` to `target` in one rename."""
-    point(root / LATEST, target)
-
-
-
-
-
-
-
-
 
 
 def resolve_run(path: str | Path) -> Path:

@@ -15,7 +15,7 @@ from pipeline.data import TEST, VALID, PreparedData
 from pipeline.errors import PipelineInputError
 from pipeline.models.fusion import ScoreFusion
 from pipeline.models.registry import floor_config
-from pipeline.outputs import elapsed, markdown_table
+from pipeline.outputs import LATEST_COMPARE, elapsed, markdown_table
 from pipeline.recipes.context import RunContext
 from pipeline.storage import write_table
 
@@ -40,7 +40,7 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
     if not any(model_config.name == floor.name for model_config in model_configs.values()):
         model_configs = {floor.name: floor, **model_configs}
     preflight(config, list(model_configs.values()), "output.root")
-    context = RunContext(config, f"{config.name}-compare")
+    context = RunContext(config, f"{config.name}-compare", pointer=LATEST_COMPARE)
     selection = f"ndcg@{config.eval.select_k}"
     with context.publishing() as output:
         data = context.load()

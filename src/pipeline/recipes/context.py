@@ -13,7 +13,7 @@ from pipeline.config import Config, load_config
 from pipeline.data import PreparedData, load_data, prepare
 from pipeline.encoding import EncodingStats
 from pipeline.errors import PipelineInputError
-from pipeline.outputs import RunDirectory, elapsed, find_resumable, manifest, utc_now
+from pipeline.outputs import LATEST, RunDirectory, elapsed, find_resumable, manifest, utc_now
 from pipeline.storage import file_fingerprint, read_json_file
 
 log = logging.getLogger("pipeline")
@@ -23,10 +23,11 @@ class RunContext:
     """One run directory's lifecycle: `with context.publishing() as output:` ... `context.finish(...)`.
 
     Without `resume`, a fresh partial folder; with it (a stopped run's folder, or "auto"), that folder, after checking
-    that the config and the input files are the ones it started with.
+    that the config and the input files are the ones it started with. Publishing moves `pointer` (default `latest`,
+    which only runs holding a model may move).
     """
 
-    def __init__(self, config: Config, name: str, resume: str | Path | None = None):
+    def __init__(self, config: Config, name: str, resume: str | Path | None = None, pointer: str = LATEST):
         self.config = config
         self.timings: dict[str, float] = {}
         self.inputs: list[dict] = []  # fingerprints of the input files, taken by `load`
@@ -35,12 +36,13 @@ class RunContext:
             raise PipelineInputError("--resume: not supported under torchrun; resume with a single process")
         if resume is None:
             # Only rank 0 publishes; the other ranks write the same files into a private folder deleted at the end.
-            self.output = RunDirectory(config.output.root, name) if distributed.is_main() else RunDirectory.scratch_space()
+            main = distributed.is_main()
+            self.output = RunDirectory(config.output.root, name, pointer=pointer) if main else RunDirectory.scratch_space()
             self.output.write_text("config.resolved.yaml", config.to_yaml())
         else:
             stopped = find_resumable(config.output.root, name, resume)
             _check_same_config(stopped / "config.resolved.yaml", config)
-            self.output = RunDirectory(config.output.root, name, stopped)
+            self.output = RunDirectory(config.output.root, name, stopped, pointer=pointer)
             log.info("resuming %s", stopped)
 
     @contextmanager
