@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 
 import pipeline
@@ -62,3 +63,25 @@ def test_checkpoint_from_a_different_shape_is_refused(tiny_config, tmp_path):
     (result.run_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(pipeline.PipelineInputError, match=r"model\.safetensors: checkpoint does not fit this model"):
         pipeline.load_run(result.run_dir)
+
+
+@pytest.mark.slow
+def test_recommend_orders_histories_by_time_across_utc_offsets_and_reads_the_runs_own_columns(tiny_config):
+    # A sequence model reads order: the same two events as ISO strings with different offsets must give the lists
+    # of the same events in unix seconds (10:00+05:00 is 05:00Z, before 06:00Z: sorted as text it would come after).
+    tiny_config["train"]["epochs"] = 1
+    tiny_config["model"]["item_representation"] = "id"
+    result = pipeline.run(tiny_config)
+    loaded = pipeline.load_run(result.run_dir)
+    first, second = result.recommendations["item_id"].unique()[:2]
+    as_iso = pd.DataFrame({
+        "userId": ["new", "new"], "movieId": [first, second],
+        "timestamp": ["2020-01-01T10:00:00+05:00", "2020-01-01T06:00:00+00:00"],
+    })
+    as_seconds = pd.DataFrame({"user": ["new", "new"], "item": [first, second], "timestamp": [1577854800, 1577858400]})
+    reversed_order = as_seconds.assign(timestamp=[1577858400, 1577854800])
+    lists = loaded.recommend(as_iso)  # the run's own column names
+    pd.testing.assert_frame_equal(lists, loaded.recommend(as_seconds))
+    assert not lists.equals(loaded.recommend(reversed_order))  # the order matters to this model
+    with pytest.raises(pipeline.PipelineInputError, match=r"events: needs the run's columns \['userId', 'movieId', 'timestamp'\] or user, item, timestamp; found \['who'\]"):
+        loaded.recommend(pd.DataFrame({"who": ["new"]}))

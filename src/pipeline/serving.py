@@ -16,8 +16,8 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.data import PreparedData
-from pipeline.data.load import load_interactions
-from pipeline.errors import PipelineInputError
+from pipeline.data.load import clean_ids, load_interactions, parse_timestamps
+from pipeline.errors import PipelineInputError, shorten
 from pipeline.models import Recommender, build_model
 from pipeline.models.registry import empty_catalog
 from pipeline.outputs import load_model_state, read_run_config, resolve_run
@@ -84,10 +84,13 @@ class LoadedRun:
     item_ids: np.ndarray  # original id per item index (position 0: padding)
 
     def recommend(self, events: pd.DataFrame, top_k: int | None = None) -> pd.DataFrame:
-        """Top-K lists for the users in `events` (canonical columns user, item, timestamp), new users included.
+        """Top-K lists for the users in `events`, new users included: columns named as in the run's log (its
+        `data.interactions.columns`) or user, item, timestamp. Times are read as training read them (unix seconds,
+        ISO-8601 with any offset, native datetimes) and each history is ordered by them, ties in row order.
 
         Items unknown to the catalog are ignored; a user's own items are excluded when the run excluded seen items.
         """
+        events = self._canonical(events)
         index = {item: position for position, item in enumerate(self.item_ids) if position}
         known = events["item"].map(index)
         if known.isna().any():
@@ -105,6 +108,23 @@ class LoadedRun:
             self.model, histories, None, top_k or self.config.output.top_k, ranker, self.config.eval.user_batch_size
         )
         return recommendation_frame(np.array(users, dtype=object), self.item_ids, rankings)
+
+
+    def _canonical(self, events: pd.DataFrame) -> pd.DataFrame:
+        mapping = self.config.data.interactions.columns
+        names = {"user": mapping.user, "item": mapping.item, "timestamp": mapping.timestamp}
+        source = names if all(column in events.columns for column in names.values()) else {role: role for role in names}
+        if any(column not in events.columns for column in source.values()):
+            raise PipelineInputError(
+                f"events: needs the run's columns {list(names.values())} or user, item, timestamp; "
+                f"found {shorten(list(map(str, events.columns)))}"
+            )
+        where = Path("events")
+        return pd.DataFrame({
+            "user": clean_ids(events[source["user"]], where, source["user"]),
+            "item": clean_ids(events[source["item"]], where, source["item"]),
+            "timestamp": parse_timestamps(events[source["timestamp"]], where, source["timestamp"]),
+        })
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:

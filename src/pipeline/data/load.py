@@ -111,7 +111,7 @@ def _reject_non_scalars(values: pd.Series, path: Path, column: str, what: str, b
         raise PipelineInputError(f"{path}: row {_row(index)}: {column!r} value {shown} is {kind}, not {what}")
 
 
-def _clean_ids(values: pd.Series, path: Path, column: str) -> pd.Series:
+def clean_ids(values: pd.Series, path: Path, column: str) -> pd.Series:
     """Ids as strings with surrounding space removed; missing or empty ids are an error naming the row."""
     _reject_non_scalars(values, path, column, "an id (text or a number)")
     text = values.astype("string").str.strip()
@@ -174,15 +174,15 @@ def load_interactions(config: InteractionsConfig, rating_range: tuple[float, flo
     frame = read_table(path, config.format, list(dict.fromkeys(wanted.values())))
     out = pd.DataFrame(
         {
-            "user": _clean_ids(frame[mapping.user], path, mapping.user),
-            "item": _clean_ids(frame[mapping.item], path, mapping.item),
+            "user": clean_ids(frame[mapping.user], path, mapping.user),
+            "item": clean_ids(frame[mapping.item], path, mapping.item),
             "timestamp": parse_timestamps(frame[mapping.timestamp], path, mapping.timestamp),
         }
     )
     if mapping.rating:
         out["rating"] = _parse_ratings(frame[mapping.rating], path, mapping.rating, rating_range)
     if mapping.event:
-        out["event"] = _clean_ids(frame[mapping.event], path, mapping.event)
+        out["event"] = clean_ids(frame[mapping.event], path, mapping.event)
         if config.event_types is not None:
             keep = out["event"].isin(config.event_types)
             log.info("kept %d of %d interactions with event types %s", int(keep.sum()), len(out), config.event_types)
@@ -221,7 +221,7 @@ def load_items(config: ItemsConfig, tags: TagsConfig | None = None) -> pd.DataFr
     path = Path(config.path)
     mapping = config.columns
     frame = read_table(path, config.format, list(dict.fromkeys([mapping.id, mapping.category, *config.text_fields])))
-    ids = _clean_ids(frame[mapping.id], path, mapping.id)
+    ids = clean_ids(frame[mapping.id], path, mapping.id)
     repeated = ids.duplicated()
     if repeated.any():
         index = int(np.argmax(repeated.to_numpy()))
@@ -269,7 +269,7 @@ def _aggregate_tags(config: TagsConfig) -> pd.Series:
     frame = read_table(path, config.format, [config.columns.item, config.columns.tag])
     frame = pd.DataFrame(
         {
-            "item": _clean_ids(frame[config.columns.item], path, config.columns.item),
+            "item": clean_ids(frame[config.columns.item], path, config.columns.item),
             "tag": frame[config.columns.tag].astype("string").fillna("").str.strip().str.lower(),
         }
     )
