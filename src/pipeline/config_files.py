@@ -153,7 +153,7 @@ def describe_errors(
             if SECTION_PATH in message:  # from a section validated on its own: its paths are under this one
                 messages.append(message.replace(SECTION_PATH, f"{key_path}."))
             else:  # a check across keys names them itself
-                messages.append(f"{at}{key_path}: {message}{shown}" if key_path else f"{at.rstrip()}{message}")
+                messages.append(f"{at}{key_path}: {message}{shown}" if key_path else message)
     return "; ".join(messages)
 
 

@@ -89,6 +89,10 @@ class TrainingStatistics(torch.nn.Module):
         state_dict.setdefault(prefix + "repeat_share", torch.ones(()))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def rating_of(self, items: np.ndarray) -> torch.Tensor:
+        """The damped mean training rating of each of `items`: the rating prediction of models without a rating head."""
+        return self.item_rating_means[torch.as_tensor(items, dtype=torch.long)]
+
     @torch.no_grad()
     def fit(self, train: TrainView) -> None:
         events = train.events
@@ -197,4 +201,4 @@ class ScoringModel(Recommender):
         return torch.einsum("r,brc->bc", rank_weights, self.item_category_weights[top])
 
     def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:
-        return self.statistics.item_rating_means[torch.as_tensor(items, dtype=torch.long)]
+        return self.statistics.rating_of(items)

@@ -32,7 +32,7 @@ class Popularity(Recommender):
         return self.statistics.category_prior.unsqueeze(0).expand(len(histories), -1)
 
     def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:
-        return self.statistics.item_rating_means[torch.as_tensor(items, dtype=torch.long)]
+        return self.statistics.rating_of(items)
 
 
 class RecentPopularityConfig(ModelSection):
