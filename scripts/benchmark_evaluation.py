@@ -23,7 +23,7 @@ import torch
 from pipeline.cli import keep_freed_memory
 from pipeline.config_models import model_section
 from pipeline.models import Catalog, build_model
-from pipeline.ranking import Ranker, history_mask, rank_users
+from pipeline.ranking import ListPolicy, Ranker, history_mask, rank_users
 
 
 def peak_rss_gib() -> float:
@@ -66,7 +66,7 @@ def main() -> None:
     rss_before = peak_rss_gib()
 
     started = time.perf_counter()
-    rank_users(model, histories, targets, 10, Ranker.for_model(model, exclude_seen=True), user_batch_size=512)
+    rank_users(model, histories, targets, 10, Ranker.for_model(model, ListPolicy(True)), user_batch_size=512)
     pipeline_seconds = time.perf_counter() - started
     rss_pipeline = peak_rss_gib()
 

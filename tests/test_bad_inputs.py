@@ -163,7 +163,7 @@ BAD_CONFIG = [
     ("compare.fusion", [["a", "b"]], r"compare: .*fusion members \['a', 'b'\] are not among the compared models"),
     ("data.min_user_interactions", 1, r"data\.min_user_interactions: Input should be greater than or equal to 3"),
     ("encoder.max_length", 4, r"encoder\.max_length: Input should be greater than or equal to 8"),
-    ("data.interactions.event_types", ["click"], r"data\.interactions\.event_types: needs data\.interactions\.columns\.event"),
+    ("data.interactions.event_types", ["click"], r"data\.interactions: event_types needs columns\.event"),
 ]
 
 

@@ -39,17 +39,17 @@ class LastCategory(Recommender):
         super().__init__(config, catalog)
         self.boost = config.boost
 
-    def score_items(self, histories):
+    def score_items(self, histories, events=None):
         newest = torch.as_tensor([int(history[-1]) for history in histories])
         shared = (self.item_category_weights[newest] @ self.item_category_weights.T) > 0
         counts = self.statistics.item_counts
         return self.boost * shared.float() + 0.5 * counts / counts.max().clamp(min=1)
 
-    def predict_category(self, histories):
+    def predict_category(self, histories, events=None):
         newest = torch.as_tensor([int(history[-1]) for history in histories])
         return self.item_category_weights[newest]
 
-    def predict_rating(self, histories, items):
+    def predict_rating(self, histories, items, events=None):
         return self.statistics.item_rating_means[torch.as_tensor(items, dtype=torch.long)]
 
 
@@ -64,7 +64,9 @@ def test_a_model_defined_outside_the_package_runs_through_run_compare_and_servin
     tiny_config["model"] = {"name": "last_category", "boost": 2.0}
     result = pipeline.run(tiny_config)
     metrics = result.metrics["splits"][TEST]
-    assert set(metrics) == {"last_category", "popularity"}
+    # The floors that apply where seen items are excluded (MovieLens: nobody rates twice): recent_items does not.
+    assert set(metrics) == {"last_category", "popularity", "covisitation"}
+    assert result.metrics["strongest_floor"]["model"] in {"popularity", "covisitation"}
     config = load_config(tiny_config)
     data = prepare(load_data(config.data), config.data)
     cases = data.eval_cases(TEST)
@@ -88,7 +90,7 @@ def test_a_model_defined_outside_the_package_runs_through_run_compare_and_servin
 
     tiny_config["compare"] = {"models": [{"name": "last_category"}, {"name": "item_cf"}], "fusion": ["last_category", "item_cf"]}
     board = pipeline.compare(tiny_config).leaderboard
-    assert set(board["model"]) == {"popularity", "last_category", "item_cf", "fusion(last_category+item_cf)"}
+    assert set(board["model"]) == {"popularity", "covisitation", "last_category", "item_cf", "fusion(last_category+item_cf)"}
     valid = board.set_index("model")["valid_ndcg@10"]
     assert valid["fusion(last_category+item_cf)"] >= max(valid["last_category"], valid["item_cf"]) - 1e-9
 
@@ -178,10 +180,10 @@ def test_popularity_floor_is_the_only_score_of_a_user_without_signal(tiny_config
     popularity = pipeline.api.build(model_section(name="popularity"), data, None, config.seed)
     popularity.fit_statistics(data.train_view())
     lonely = [np.array([0])]  # padding only: no neighbour, no signal
-    from pipeline.ranking import Ranker
+    from pipeline.ranking import ListPolicy, Ranker
 
-    ranked = Ranker.for_model(model, True).rank(model.score_items(lonely), lonely, None, 10)[0][1]
-    floor = Ranker.for_model(popularity, True).rank(popularity.score_items(lonely), lonely, None, 10)[0][1]
+    ranked = Ranker.for_model(model, ListPolicy(True)).rank(model.score_items(lonely), lonely, None, 10)[0][1]
+    floor = Ranker.for_model(popularity, ListPolicy(True)).rank(popularity.score_items(lonely), lonely, None, 10)[0][1]
     assert ranked.tolist() == floor.tolist()
     counts = pd.Series(data.train_view().events["item"]).value_counts()
     assert counts[ranked[0]] == counts.max()

@@ -148,7 +148,7 @@ def test_training_windows_cover_every_target_once(tmp_path):
 def test_cached_item_representations_follow_weight_updates():
     import torch
 
-    from pipeline.models.sequence import ItemRepresentation
+    from pipeline.models.items import ItemRepresentation
 
     representation = ItemRepresentation(np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32), 3, "text+id")
     with torch.inference_mode():
@@ -238,7 +238,7 @@ def test_weight_average_is_an_exponential_moving_average_swapped_in_for_validati
 
 
 def test_id_dropout_hides_whole_id_rows_in_training_only():
-    from pipeline.models.sequence import ItemRepresentation
+    from pipeline.models.items import ItemRepresentation
 
     representation = ItemRepresentation(np.random.default_rng(0).normal(size=(400, 4)).astype(np.float32), 3, "text+id")
     with torch.no_grad():

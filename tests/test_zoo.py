@@ -11,7 +11,7 @@ from pipeline.config import load_config
 from pipeline.config_models import model_section
 from pipeline.data import load_data, prepare
 from pipeline.models import build_model
-from pipeline.ranking import Ranker
+from pipeline.ranking import ListPolicy, Ranker
 from tests.conftest import config_for, write_items, write_log
 
 
@@ -59,7 +59,7 @@ def test_seen_items_rank_last_where_nobody_repeats(four_users, keys):
     seen = [index_of(data, 11), index_of(data, 12)]  # the two most popular items, each other's nearest neighbour
     history = [np.array(seen)]
     raw = model.score_items(history)
-    ranked = Ranker.for_model(model, exclude_seen=False).rank(raw, history, None, data.n_items)[0][1]
+    ranked = Ranker.for_model(model, ListPolicy(False)).rank(raw, history, None, data.n_items)[0][1]
     ranked = [int(item) for item in ranked if item]
     assert ranked[-2:] == sorted(seen, key=lambda item: -raw[0, item].item())
     assert len(ranked) == data.n_items  # seen items are still listed (last), not removed
@@ -76,7 +76,7 @@ def test_seen_items_keep_their_scores_where_people_repeat(tmp_path):
     assert model.statistics.repeat_share.item() == pytest.approx(1 / 5)
     history = [np.array([index_of(data, 11), index_of(data, 12)])]
     raw = model.score_items(history)
-    policy = Ranker.for_model(model, exclude_seen=False).candidate_scores(raw, history)
+    policy = Ranker.for_model(model, ListPolicy(False)).candidate_scores(raw, history)
     assert torch.equal(policy[:, 1:], raw[:, 1:])
 
 
@@ -171,7 +171,7 @@ def test_models_saved_before_the_repeat_share_still_load(four_users):
     assert older.statistics.repeat_share.item() == 1.0  # seen items ranked as the model always ranked them
     history = [np.array([index_of(data, 11)])]
     raw = model.score_items(history)
-    assert torch.equal(Ranker.for_model(older, exclude_seen=False).candidate_scores(raw, history)[:, 1:], raw[:, 1:])
+    assert torch.equal(Ranker.for_model(older, ListPolicy(False)).candidate_scores(raw, history)[:, 1:], raw[:, 1:])
 
 
 def test_logistic_regression_learns_the_category_habit(tmp_path):

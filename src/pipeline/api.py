@@ -1,7 +1,7 @@
 """The stages, each callable alone; the recipes (`pipeline.recipes`) compose them, and so can a notebook.
 
     config = load_config("configs/quickstart.yaml")
-    data = prepare(load_data(config.data), config.data)
+    data = prepare(load_data(config.data), config.data, config.eval.target_event_types)
     item_embeddings, _ = encode(data, config)
     model = build(config.model, data, item_embeddings, config.seed)
     history = train(model, data, config)
@@ -21,8 +21,9 @@ from pipeline.data import TEST, VALID, EvalCases, PreparedData, load_data, prepa
 from pipeline.encoding import EncodingStats, encode_items, encoder_identity, resolve_model_source
 from pipeline.evaluation import Validator, evaluate_model
 from pipeline.models import Catalog, Recommender, build_model, uses_text
+from pipeline.models.base import repeat_share_of
 from pipeline.outputs import check_output_root
-from pipeline.ranking import Rankings
+from pipeline.ranking import ListPolicy, Rankings
 from pipeline.schema import ModelSection
 from pipeline.training import Fitter, StopRequest
 
@@ -37,7 +38,9 @@ def encode(
 
 
 def catalog_of(data: PreparedData, item_embeddings: np.ndarray | None) -> Catalog:
-    return Catalog(data.n_items, data.category_matrix(), item_embeddings, data.n_users)
+    return Catalog(
+        data.n_items, data.category_matrix(), item_embeddings, data.n_users, data.item_features, tuple(data.event_names)
+    )
 
 
 def build(model_config: ModelSection, data: PreparedData, item_embeddings: np.ndarray | None, seed: int) -> Recommender:
@@ -50,7 +53,12 @@ def validator(data: PreparedData, config: Config, cases: EvalCases | None = None
     """Early stopping and model selection: NDCG@select_k on the validation split (or `cases` of it), same protocol
     as the final evaluation."""
     cases = data.eval_cases(VALID) if cases is None else cases
-    return Validator(cases, config.eval.select_k, config.eval.exclude_seen, config.eval.user_batch_size)
+    return Validator(cases, config.eval.select_k, list_policy(config), config.eval.user_batch_size)
+
+
+def list_policy(config: Config) -> ListPolicy:
+    """What a list may hold (seen items, untrained items), the same in evaluation, `recommend` and nightly lists."""
+    return ListPolicy(config.eval.exclude_seen, config.output.exclude_untrained)
 
 
 def train(
@@ -76,8 +84,8 @@ def evaluate(
 ) -> tuple[dict, Rankings]:
     """Every metric of `model` on `split` (or on `cases`, a part of it)."""
     return evaluate_model(
-        model, data.eval_cases(split) if cases is None else cases, data.item_categories, data.n_items, config.eval.ks, config.eval.exclude_seen,
-        config.eval.user_batch_size, config.output.top_k, data.cold_items,
+        model, data.eval_cases(split) if cases is None else cases, data.item_categories, data.n_items, config.eval.ks,
+        list_policy(config), config.eval.user_batch_size, config.output.top_k, data.cold_items,
     )
 
 
@@ -86,13 +94,42 @@ def protocol(data: PreparedData, config: Config) -> dict:
         "split": data.split_method,
         "candidates": "all catalog items",
         "n_items": data.n_items,
-        "exclude_seen": config.eval.exclude_seen,
+        **candidate_policy(data, config),
         "ks": config.eval.ks,
         "users_evaluated": {split: len(data.eval_cases(split)) for split in (VALID, TEST)},
         "model_selection": f"valid ndcg@{config.eval.select_k}",
         "category_metrics": "predicted category of the next interaction; correct if it is any of the item's categories; macro averages",
         "rating_metrics": "rating of the next interaction" if data.has_ratings else "not available (no rating column)",
         "cold_items": int(len(data.cold_items)),
+    }
+
+
+def strongest_floor(test_metrics: dict[str, dict], config: Config, floors: list[str]) -> dict:
+    """The best of the floors on test NDCG@select_k, and how far the model (the first entry) is above it."""
+    metric = f"ndcg@{config.eval.select_k}"
+    model = next(iter(test_metrics))
+    if not floors:
+        return {}
+    best = max(floors, key=lambda name: test_metrics[name][metric])
+    floor_value, model_value = test_metrics[best][metric], test_metrics[model][metric]
+    return {
+        "model": best, "metric": f"test {metric}", "value": floor_value,
+        "model_over_floor": round(model_value / floor_value, 4) if floor_value else None,
+    }
+
+
+def candidate_policy(data: PreparedData, config: Config) -> dict:
+    """The protocol's account of what a list may hold: the seen-items policy as configured and as resolved, the
+    repeat share it was resolved by, and the candidate restrictions."""
+    repeat_share = repeat_share_of(data.train_view().events)
+    policy = list_policy(config)
+    return {
+        "exclude_seen": policy.resolved_exclude_seen(repeat_share),
+        "exclude_seen_setting": config.eval.exclude_seen,
+        "repeat_share": round(repeat_share, 6),
+        "recommendable_items": data.n_items if data.recommendable is None else int(data.recommendable.sum()),
+        "exclude_untrained": config.output.exclude_untrained,
+        "targets": "every event" if data.target_event_types is None else f"events of types {data.target_event_types}",
     }
 
 
@@ -111,7 +148,7 @@ def validate(config_or_path: str | Path | dict | Config, overrides: list[str] | 
     """
     config = load_config(config_or_path, overrides)
     preflight(config, [config.model], "output.root")
-    data = prepare(load_data(config.data), config.data)
+    data = prepare(load_data(config.data), config.data, config.eval.target_event_types)
     representation = getattr(config.model, "item_representation", None)
     return {
         "events": len(data.events), "events_per_split": data.events["split"].value_counts().to_dict(),

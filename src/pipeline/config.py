@@ -8,6 +8,7 @@ working directory reads the same files.
 from __future__ import annotations
 
 import copy
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +34,10 @@ class InteractionColumns(Section):
     rating: str | None = None
     """Column of an explicit rating (enables the rating metrics and `data.rating_range`)."""
     event: str | None = None
-    """Column of the event type (see `event_types`)."""
+    """Column of the event type (view, add_to_cart, purchase...): see `event_types`, `event_weights` and
+    `eval.target_event_types`."""
+    value: str | None = None
+    """Column of an event-level number (price paid, watch time): with `weight_by_value`, a training weight."""
 
     @model_validator(mode="after")
     def _distinct_columns(self):
@@ -56,6 +60,31 @@ class InteractionsConfig(TableSource):
     columns: InteractionColumns = InteractionColumns()
     event_types: list[str] | None = None
     """Keep only these event types (None keeps all); needs `columns.event`."""
+    event_weights: dict[str, float] | None = None
+    """Loss weight of a training target by its event type, e.g. {view: 1, add_to_cart: 2, purchase: 4} (types not
+    listed weigh 1); needs `columns.event`. Also weights a user's own items in the recent_items baseline."""
+    weight_by_value: bool = False
+    """Multiply each training target's weight by its event value (`columns.value`) over the mean value."""
+    collapse_repeats: bool = False
+    """Collapse a user's consecutive events on the same item into one, keeping the strongest (highest
+    `event_weights`, then the latest): a view-view-cart-purchase of one SKU is one purchase."""
+
+    @field_validator("event_weights")
+    @classmethod
+    def _positive_weights(cls, value):
+        for name, weight in (value or {}).items():
+            if not weight > 0:
+                raise ValueError(f"{name}: weight {weight} must be > 0")
+        return value
+
+    @model_validator(mode="after")
+    def _needs_columns(self):
+        for key in ("event_types", "event_weights"):
+            if getattr(self, key) is not None and not self.columns.event:
+                raise ValueError(f"{key} needs columns.event (the column of the event type)")
+        if self.weight_by_value and not self.columns.value:
+            raise ValueError("weight_by_value needs columns.value")
+        return self
 
 
 class ItemColumns(Section):
@@ -73,7 +102,20 @@ class ItemsConfig(TableSource):
     """Python format string over the text fields (and `tags` when a tags table is configured): plain field names
     only."""
     category_separator: str = Field("|", min_length=1)
-    """Separator between an item's categories."""
+    """Separator between an item's categories, or between the levels of a category path (`Audio > Headphones`)."""
+    category_level: Literal["all", "leaf", "top"] = "all"
+    """all: every separated part is a category of its own (several genres per movie). For a path: leaf, the whole
+    path as one category (so `Audio > Cables` and `Video > Cables` differ); top, its first part."""
+    numeric_features: list[str] = Field(default_factory=list)
+    """Item columns holding numbers (price, duration): standardised over the catalog, a missing value is the mean
+    plus a missing flag; they enter the item representation of the sequence models."""
+    categorical_features: list[str] = Field(default_factory=list)
+    """Item columns holding labels (brand, seller): one learned vector per value shared by at least two items,
+    the rest and missing values in one unknown bucket; they enter the item representation of the sequence models."""
+    recommendable: str | None = None
+    """Which items may be listed: a column of true/false (or 1/0, yes/no), or a comparison on one column such as
+    `stock > 0`, `status == active` or `region != eu` (operators == != > >= < <=). Others are never candidates
+    in lists or evaluation. None: every item."""
 
     @field_validator("text_template")
     @classmethod
@@ -87,6 +129,38 @@ class ItemsConfig(TableSource):
             if not name.isidentifier():
                 raise ValueError(f"{{{name}}}: only plain field names like {{title}} are allowed")
         return template
+
+    @field_validator("recommendable")
+    @classmethod
+    def _filter_syntax(cls, value):
+        if value is not None:
+            candidate_filter(value)
+        return value
+
+    @model_validator(mode="after")
+    def _features_are_distinct(self):
+        named = [*self.numeric_features, *self.categorical_features]
+        repeated = sorted({name for name in named if named.count(name) > 1})
+        if repeated:
+            raise ValueError(f"feature columns {repeated} are listed twice (numeric and categorical?)")
+        return self
+
+
+FILTER_OPERATORS = ("==", "!=", ">=", "<=", ">", "<")
+
+
+def candidate_filter(expression: str) -> tuple[str, str | None, str | None]:
+    """(column, operator, value) of a `recommendable` expression; operator and value are None for a plain boolean
+    column. Parsed, never evaluated."""
+    match = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_ ]*?)\s*(?:(==|!=|>=|<=|>|<)\s*(.+?))?\s*", expression)
+    if match is None:
+        raise ValueError(
+            f"{shorten(expression)} is neither a column name nor `column <op> value` with op one of {' '.join(FILTER_OPERATORS)}"
+        )
+    column, operator, value = match.groups()
+    if value is not None:
+        value = value.strip().strip("'\"")
+    return column, operator, value
 
 
 class TagColumns(Section):
@@ -195,8 +269,15 @@ class EvalConfig(Section):
     """The K of every ranking metric reported."""
     select_k: int = Field(10, ge=1)
     """The K of the validation NDCG used for early stopping and model selection."""
-    exclude_seen: bool = True
-    """Remove each user's already-seen items from the ranking (what a user wants in a list)."""
+    exclude_seen: bool | Literal["auto"] = "auto"
+    """Remove each user's already-seen items from the ranking. auto: removed when people rarely come back (under
+    1% of the training events after a user's first return to an item already in the history, as on MovieLens),
+    kept where they do (repeat purchases), so a repeat is not a certain miss. The metrics file states the policy
+    and the measured repeat share."""
+    target_event_types: list[str] | None = None
+    """Evaluate the next event of these types (e.g. [purchase]): a user's last such event is the test target, the
+    one before the validation target, and every earlier event of any type is context. Training still reads every
+    event. Needs data.interactions.columns.event."""
     user_batch_size: int = Field(512, ge=1)
     """Users scored at once in full ranking; bounds memory at user_batch_size x n_items scores."""
 
@@ -244,6 +325,15 @@ class OutputConfig(Section):
     """Length of the recommendation lists written and served."""
     write_csv: bool = True
     """Also write recommendations.csv next to recommendations.parquet."""
+    users: Literal["test", "all"] = "test"
+    """test: the lists of the evaluated test users, ranked from their history before the test event. all: a list
+    for every user, ranked from the whole log (the lists to serve tomorrow)."""
+    exclude_untrained: bool = True
+    """Items with no training event are no candidates (in lists and in evaluation) unless the model scores them
+    from their text; the metrics file says which candidates were allowed."""
+    fallback: Literal["popular", "none"] = "popular"
+    """`recommend` for a user none of whose events is on a known item: the most popular items (marked `popular`
+    in the `source` column) or no list."""
 
 
 RANKING_METRIC_NAMES = ("hit_rate", "ndcg", "mrr", "precision", "recall")
@@ -283,6 +373,12 @@ class Config(Section):
     compare: CompareConfig = CompareConfig()
     output: OutputConfig = OutputConfig()
     nightly: NightlyConfig = NightlyConfig()
+
+    @model_validator(mode="after")
+    def _target_types_need_event_column(self):
+        if self.eval.target_event_types is not None and not self.data.interactions.columns.event:
+            raise ValueError("eval.target_event_types needs data.interactions.columns.event")
+        return self
 
     @model_validator(mode="after")
     def _nightly_metric_is_reported(self):

@@ -14,7 +14,7 @@ import torch
 
 from pipeline.data.prepare import EvalCases
 from pipeline.distributed import map_sharded
-from pipeline.ranking import Ranker, Rankings, rank_users
+from pipeline.ranking import ListPolicy, Ranker, Rankings, rank_users
 
 # ---- pure metric functions ---------------------------------------------------------------------------------------
 
@@ -87,7 +87,7 @@ class Validator:
 
     cases: EvalCases
     k: int
-    exclude_seen: bool
+    policy: ListPolicy
     user_batch_size: int
 
     @property
@@ -95,25 +95,29 @@ class Validator:
         return f"ndcg@{self.k}"
 
     def ranker(self, model) -> Ranker:
-        return Ranker.for_model(model, self.exclude_seen)
+        return Ranker.for_model(model, self.policy)
 
     def __call__(self, model) -> dict[str, float]:
-        rankings = rank_users(model, self.cases.histories, self.cases.targets, self.k, self.ranker(model), self.user_batch_size)
+        rankings = rank_users(
+            model, self.cases.histories, self.cases.targets, self.k, self.ranker(model), self.user_batch_size,
+            self.cases.history_events,
+        )
         metrics = ranking_metrics(rankings.target_ranks, [self.k])
         return {name: value for name, value in metrics.items() if name.startswith(("ndcg", "hit_rate"))}
 
 
 @torch.inference_mode()
 def evaluate_model(
-    model, cases: EvalCases, item_categories: list[np.ndarray], n_items: int, ks: list[int], exclude_seen: bool,
+    model, cases: EvalCases, item_categories: list[np.ndarray], n_items: int, ks: list[int], policy: ListPolicy,
     user_batch_size: int, list_length: int, cold_items: np.ndarray | None = None,
 ) -> tuple[dict[str, float], Rankings]:
     """Every metric of one model on one split, and the top lists it produced.
 
     With `cold_items`, ranking metrics are also reported as `cold_*` over the users whose next item is cold.
     """
-    ranker = Ranker.for_model(model, exclude_seen)
-    rankings = rank_users(model, cases.histories, cases.targets, max(max(ks), list_length), ranker, user_batch_size)
+    ranker = Ranker.for_model(model, policy)
+    events = cases.history_events
+    rankings = rank_users(model, cases.histories, cases.targets, max(max(ks), list_length), ranker, user_batch_size, events)
     metrics = ranking_metrics(rankings.target_ranks, ks)
     if cold_items is not None and len(cold_items):
         is_cold = np.isin(cases.next_items, cold_items)
@@ -126,16 +130,22 @@ def evaluate_model(
 
     next_items = cases.next_items
     predicted_categories = _in_chunks(
-        lambda rows: model.predict_category([cases.histories[row] for row in rows]).argmax(dim=1), len(cases), user_batch_size
+        lambda rows: model.predict_category(_rows(cases.histories, rows), _rows(events, rows)).argmax(dim=1),
+        len(cases), user_batch_size,
     ).astype(np.int64)
     metrics.update(category_metrics([item_categories[item] for item in next_items], predicted_categories))
     if cases.next_ratings is not None:
         predicted_ratings = _in_chunks(
-            lambda rows: model.predict_rating([cases.histories[row] for row in rows], next_items[rows]), len(cases), user_batch_size
+            lambda rows: model.predict_rating(_rows(cases.histories, rows), next_items[rows], _rows(events, rows)),
+            len(cases), user_batch_size,
         )
         metrics.update(rating_metrics(cases.next_ratings, predicted_ratings))
     metrics["users"] = len(cases)
     return metrics, Rankings(rankings.target_ranks, rankings.top_items[:, :list_length], rankings.top_scores[:, :list_length])
+
+
+def _rows(per_user: list | None, rows) -> list | None:
+    return None if per_user is None else [per_user[row] for row in rows]
 
 
 def _in_chunks(predict, n_users: int, chunk_size: int) -> np.ndarray:

@@ -1,8 +1,10 @@
 """The one ranking policy, for every model and every path (evaluation, validation, `recommend`, nightly lists).
 
 Models return raw scores over the catalog; the ranker decides what a list may hold and in which order:
-- padding (item 0) is never a candidate;
-- seen items: with `eval.exclude_seen` a user's history items are removed; otherwise, where the training log shows
+- padding (item 0) is never a candidate, nor an item `data.items.recommendable` rules out, nor (with
+  `output.exclude_untrained`) an item without training events that the model cannot score from its text;
+- seen items: with `eval.exclude_seen` a user's history items are removed (`auto`: when the training log's repeat
+  share is below `REPEAT_SHARE_FLOOR`, i.e. people do not come back); otherwise, where the training log shows
   that people do not come back (repeat share below `REPEAT_SHARE_FLOOR`), they are moved below every unseen item
   (order among them kept), so a user's own items, which score highest by similarity in most models, cannot fill the
   list; where people do repeat, the model's own scores (e.g. a learned repeat bias) decide;
@@ -57,18 +59,41 @@ class Rankings:
     top_scores: np.ndarray  # [users, list_length]; -inf where top_items is 0
 
 
+@dataclass(frozen=True)
+class ListPolicy:
+    """What a list may hold, as configured: `eval.exclude_seen` and `output.exclude_untrained`."""
+
+    exclude_seen: bool | str = "auto"
+    exclude_untrained: bool = False
+
+    def resolved_exclude_seen(self, repeat_share: float) -> bool:
+        if self.exclude_seen == "auto":
+            return float(repeat_share) < REPEAT_SHARE_FLOOR
+        return bool(self.exclude_seen)
+
+
 class Ranker:
-    def __init__(self, item_counts: torch.Tensor, repeat_share: float, exclude_seen: bool):
+    def __init__(
+        self, item_counts: torch.Tensor, repeat_share: float, exclude_seen: bool, allowed: torch.Tensor | None = None
+    ):
         self.order = popularity_order(item_counts)
         self.position = torch.empty_like(self.order)
         self.position[self.order] = torch.arange(len(self.order))
         self.exclude_seen = exclude_seen
         self.seen_last = float(repeat_share) < REPEAT_SHARE_FLOOR
+        self.allowed = allowed  # [n_items + 1] bool, or None: every item
 
     @classmethod
-    def for_model(cls, model, exclude_seen: bool) -> Ranker:
+    def for_model(cls, model, policy: ListPolicy) -> Ranker:
         statistics = model.statistics
-        return cls(statistics.item_counts.cpu(), float(statistics.repeat_share), exclude_seen)
+        repeat_share = float(statistics.repeat_share)
+        allowed = statistics.recommendable.cpu().bool()
+        if policy.exclude_untrained and not model.scores_untrained:
+            allowed = allowed & (statistics.item_counts.cpu() > 0)
+        return cls(
+            statistics.item_counts.cpu(), repeat_share, policy.resolved_exclude_seen(repeat_share),
+            None if bool(allowed[1:].all()) else allowed,
+        )
 
     def candidate_scores(self, scores: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         """The scores with the seen-items policy applied: -inf for what may not be listed."""
@@ -83,6 +108,8 @@ class Ranker:
                 span = (real.amax(dim=1, keepdim=True) - real.amin(dim=1, keepdim=True)).clamp(min=1e-6)
                 # The best seen item lands a full span below the worst unseen one.
                 scores = torch.where(seen, scores - 2 * span, scores)
+        if self.allowed is not None:
+            scores[:, ~self.allowed.to(scores.device)] = float("-inf")
         scores[:, 0] = float("-inf")
         return scores
 
@@ -108,7 +135,7 @@ class Ranker:
 @torch.inference_mode()
 def rank_users(
     model, histories: list[np.ndarray], targets: list[np.ndarray] | None, list_length: int, ranker: Ranker,
-    user_batch_size: int,
+    user_batch_size: int, events: list[np.ndarray] | None = None,
 ) -> Rankings:
     """Score the full catalog for users in chunks; rank the targets and keep each user's top `list_length` items.
 
@@ -122,7 +149,7 @@ def rank_users(
             chunk_rows = rows[start : start + chunk_size]
             chunk = [histories[row] for row in chunk_rows]
             chunk_targets = None if targets is None else [targets[row] for row in chunk_rows]
-            scores = model.score_items(chunk)
+            scores = model.score_items(chunk, None if events is None else [events[row] for row in chunk_rows])
             if torch.isnan(scores).any():
                 raise NonFiniteScores(f"{type(model).__name__} scored items NaN: its weights are not finite numbers")
             results.extend(ranker.rank(scores, chunk, chunk_targets, list_length))

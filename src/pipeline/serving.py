@@ -14,11 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.api import list_policy
 from pipeline.config import Config
 from pipeline.data import PreparedData
-from pipeline.data.load import clean_ids, load_interactions, parse_timestamps
+from pipeline.data.features import ItemFeatures
+from pipeline.data.load import clean_ids, load_interactions, parse_timestamps, read_table
+from pipeline.data.prepare import ALL_EVENTS
 from pipeline.errors import PipelineInputError, shorten
-from pipeline.models import Recommender, build_model
+from pipeline.models import Catalog, Recommender, build_model
 from pipeline.models.registry import empty_catalog
 from pipeline.outputs import load_model_state, read_run_config, resolve_run
 from pipeline.ranking import Ranker, Rankings, rank_users
@@ -28,11 +31,13 @@ log = logging.getLogger("pipeline")
 
 
 def catalog_record(data: PreparedData, item_embeddings: np.ndarray | None) -> dict:
-    """What `recommend` needs besides the weights: original ids and shapes."""
+    """What `recommend` needs besides the weights: original ids, event types and shapes."""
     return {
         "item_ids": data.item_ids[1:].tolist(),
         "category_names": data.category_names,
         "text_embedding_width": None if item_embeddings is None else int(item_embeddings.shape[1]),
+        "event_names": data.event_names,
+        "item_features": None if data.item_features is None else data.item_features.shape,
     }
 
 
@@ -41,6 +46,16 @@ class StoredCatalog:
     item_ids: np.ndarray  # original id per item index (position 0: padding)
     category_names: list
     text_embedding_width: int | None
+    event_names: list[str]
+    item_features: dict | None  # ItemFeatures.shape
+
+    def empty(self) -> Catalog:
+        """The stored model's catalog shape, to load its weights into (the buffers are overwritten)."""
+        n_items = len(self.item_ids) - 1
+        features = None if self.item_features is None else ItemFeatures.empty(n_items, **self.item_features)
+        return empty_catalog(
+            n_items, len(self.category_names), self.text_embedding_width, features, tuple(self.event_names)
+        )
 
     @property
     def vocabulary(self) -> dict[str, list]:
@@ -53,7 +68,9 @@ def read_catalog(run_dir: Path) -> StoredCatalog:
     record = read_json_file(path, "run catalog")
     try:
         catalog = StoredCatalog(
-            np.array([None, *record["item_ids"]], dtype=object), list(record["category_names"]), record["text_embedding_width"]
+            np.array([None, *record["item_ids"]], dtype=object), list(record["category_names"]), record["text_embedding_width"],
+            # Runs written before event types and side features were read had neither.
+            list(record.get("event_names", [])), record.get("item_features"),
         )
     except (TypeError, KeyError) as err:
         raise PipelineInputError(f"{path}: not a run catalog (missing or mistyped {err})") from None
@@ -76,39 +93,74 @@ def recommendation_frame(user_ids: np.ndarray, item_ids: np.ndarray, rankings: R
     )
 
 
+def serving_lists(model: Recommender, data: PreparedData, config: Config) -> pd.DataFrame:
+    """`output.users: all`: a list for every user, ranked from the whole log, by the evaluation's policy."""
+    cases = data.eval_cases(ALL_EVENTS)
+    rankings = rank_users(
+        model, cases.histories, None, config.output.top_k, Ranker.for_model(model, list_policy(config)),
+        config.eval.user_batch_size, cases.history_events,
+    )
+    return recommendation_frame(data.user_ids[cases.users], data.item_ids, rankings)
+
+
 @dataclass
 class LoadedRun:
     run_dir: Path | None  # None on ranks other than 0 under torchrun
     config: Config
     model: Recommender
     item_ids: np.ndarray  # original id per item index (position 0: padding)
+    event_names: list[str]
 
     def recommend(self, events: pd.DataFrame, top_k: int | None = None) -> pd.DataFrame:
-        """Top-K lists for the users in `events`, new users included: columns named as in the run's log (its
-        `data.interactions.columns`) or user, item, timestamp. Times are read as training read them (unix seconds,
-        ISO-8601 with any offset, native datetimes) and each history is ordered by them, ties in row order.
+        """Top-K lists for the users in `events`, new users included.
 
-        Items unknown to the catalog are ignored; a user's own items are excluded when the run excluded seen items.
+        Columns are named as in the run's log (its `data.interactions.columns`) or user, item, timestamp (and event,
+        when the run read event types: optional, unknown types count as unknown). Times are read as training read
+        them (unix seconds, ISO-8601 with any offset, native datetimes) and each history is ordered by them, ties in
+        row order. Items unknown to the catalog are ignored; a user without any known item gets the popularity list
+        (`output.fallback: popular`, marked `source: popular`) or none (`fallback: none`).
+
+        Result columns: user_id, rank (1 = best), item_id, score (the model's; for the fallback the item's training
+        events), source (`model` or `popular`).
         """
         events = self._canonical(events)
         index = {item: position for position, item in enumerate(self.item_ids) if position}
         known = events["item"].map(index)
         if known.isna().any():
             log.warning("ignored %d events on items not in the run's catalog", int(known.isna().sum()))
+        all_users = pd.unique(events["user"])
         events = events.assign(item_index=known).dropna(subset=["item_index"])
         events = events.sort_values(["user", "timestamp"], kind="stable")
-        users, histories = [], []
+        users, histories, history_events = [], [], []
         for user, group in events.groupby("user", sort=False):
             users.append(user)
             histories.append(group["item_index"].to_numpy(dtype=np.int64))
-        if not users:
+            if "event" in group:
+                history_events.append(group["event"].to_numpy(dtype=np.int64))
+        lonely = [user for user in all_users if user not in set(users)]
+        use_fallback = self.config.output.fallback == "popular"
+        if not users and not (lonely and use_fallback):
             raise PipelineInputError("no events on known items: nothing to recommend from")
-        ranker = Ranker.for_model(self.model, self.config.eval.exclude_seen)
-        rankings = rank_users(
-            self.model, histories, None, top_k or self.config.output.top_k, ranker, self.config.eval.user_batch_size
-        )
-        return recommendation_frame(np.array(users, dtype=object), self.item_ids, rankings)
-
+        if lonely:
+            log.warning(
+                "%d users have no events on known items: %s", len(lonely),
+                "given the popularity list" if use_fallback else "no list (output.fallback: none)",
+            )
+        length = top_k or self.config.output.top_k
+        ranker = Ranker.for_model(self.model, list_policy(self.config))
+        frames = []
+        if users:
+            rankings = rank_users(
+                self.model, histories, None, length, ranker, self.config.eval.user_batch_size,
+                history_events if self.event_names else None,
+            )
+            frames.append(recommendation_frame(np.array(users, dtype=object), self.item_ids, rankings).assign(source="model"))
+        if lonely and use_fallback:
+            popular = self.model.statistics.item_counts.unsqueeze(0).expand(len(lonely), -1)
+            top = ranker.rank(popular, [np.zeros(0, dtype=np.int64)] * len(lonely), None, length)
+            rankings = Rankings([], np.stack([items for _, items, _ in top]), np.stack([scores for _, _, scores in top]))
+            frames.append(recommendation_frame(np.array(lonely, dtype=object), self.item_ids, rankings).assign(source="popular"))
+        return pd.concat(frames, ignore_index=True)
 
     def _canonical(self, events: pd.DataFrame) -> pd.DataFrame:
         mapping = self.config.data.interactions.columns
@@ -120,30 +172,40 @@ class LoadedRun:
                 f"found {shorten(list(map(str, events.columns)))}"
             )
         where = Path("events")
-        return pd.DataFrame({
+        canonical = pd.DataFrame({
             "user": clean_ids(events[source["user"]], where, source["user"]),
             "item": clean_ids(events[source["item"]], where, source["item"]),
             "timestamp": parse_timestamps(events[source["timestamp"]], where, source["timestamp"]),
         })
+        event_column = next((name for name in (mapping.event, "event") if name and name in events.columns), None)
+        if self.event_names:
+            codes = {name: code for code, name in enumerate(self.event_names, start=1)}
+            types = clean_ids(events[event_column], where, event_column) if event_column else pd.Series([None] * len(events))
+            canonical["event"] = types.map(codes).fillna(0).astype(np.int64).to_numpy()
+        return canonical
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     run_dir = resolve_run(run_dir)
     config = read_run_config(run_dir)
     catalog = read_catalog(run_dir)
-    shape = empty_catalog(len(catalog.item_ids) - 1, len(catalog.category_names), catalog.text_embedding_width)
-    model = build_model(config.model, shape)
+    model = build_model(config.model, catalog.empty())
     load_model_state(model, run_dir / "model.safetensors")
     model.eval()
-    return LoadedRun(run_dir, config, model, catalog.item_ids)
+    return LoadedRun(run_dir, config, model, catalog.item_ids, catalog.event_names)
 
 
 def recommend(run_dir: str | Path, events_path: str | Path, top_k: int | None = None) -> pd.DataFrame:
     """Load a finished run and recommend for the users in an events file (read with the run's column mapping)."""
     loaded = load_run(run_dir)
     source = loaded.config.data.interactions
-    # Only who did what when matters for a list: ratings and event types may be absent from the events file.
-    columns = source.columns.model_copy(update={"rating": None, "event": None})
-    interactions = source.model_copy(update={"path": str(Path(events_path).resolve()), "columns": columns, "event_types": None})
+    # Who did what when makes a list, with the event type where the run read types: ratings, values and the type
+    # column may be absent from the events file.
+    path = Path(events_path).resolve()
+    event = source.columns.event if source.columns.event in read_table(path, source.format).columns else None
+    columns = source.columns.model_copy(update={"rating": None, "event": event, "value": None})
+    interactions = source.model_copy(update={
+        "path": str(path), "columns": columns, "event_types": None, "event_weights": None, "weight_by_value": False,
+    })
     events = load_interactions(interactions)
     return loaded.recommend(events, top_k)

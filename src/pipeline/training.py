@@ -47,6 +47,8 @@ class TrainingWindows:
     inputs: np.ndarray  # [windows, L]
     targets: np.ndarray  # [windows, L]
     target_ratings: np.ndarray | None  # [windows, L]
+    input_events: np.ndarray | None = None  # [windows, L] event-type codes of the inputs, when the log has types
+    target_weights: np.ndarray | None = None  # [windows, L] loss weights of the targets (event type, value)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -63,7 +65,9 @@ def training_windows(train: TrainView, max_length: int, stride: int | None = Non
     stride = min(stride or max_length, max_length)
     sequences = train.sequences()
     ratings = train.rating_sequences() if train.has_ratings else {}
-    inputs, targets, target_ratings = [], [], []
+    events = train.sequences("event") if train.has_event_types else {}
+    weights = train.sequences("weight") if "weight" in train.events.columns else {}
+    inputs, targets, target_ratings, input_events, target_weights = [], [], [], [], []
     for user, sequence in sequences.items():
         end = len(sequence)
         while end > 1:
@@ -75,11 +79,17 @@ def training_windows(train: TrainView, max_length: int, stride: int | None = Non
             targets.append(window_targets)
             if ratings:
                 target_ratings.append(ratings[user][start + 1 : end])
+            if events:
+                input_events.append(events[user][start : end - 1])
+            if weights:
+                target_weights.append(weights[user][start + 1 : end])
             end -= stride
     return TrainingWindows(
         inputs=_pad(inputs, max_length, np.int64),
         targets=_pad(targets, max_length, np.int64),
         target_ratings=_pad(target_ratings, max_length, np.float32) if ratings else None,
+        input_events=_pad(input_events, max_length, np.int64) if events else None,
+        target_weights=_pad(target_weights, max_length, np.float32) if weights else None,
     )
 
 
@@ -195,11 +205,12 @@ def fit(
             model.train()
             totals = {name: 0.0 for name in loss_weights}
             batches = window_batches(windows, config.batch_size, order_rng, device, distributed.rank(), world)
-            for inputs, targets, target_ratings in _progress(batches, show and distributed.is_main(), f"epoch {epoch}"):
+            for batch in _progress(batches, show and distributed.is_main(), f"epoch {epoch}"):
                 if stop is not None and stop.reason:
                     raise TrainingStopped(epoch - 1)
+                inputs, targets = batch[0], batch[1]
                 with autocast:
-                    parts = trained(inputs, targets, target_ratings)
+                    parts = trained(*batch)
                 loss = sum(loss_weights[name] * value for name, value in parts.items())
                 finite = bool(torch.isfinite(loss.detach()))
                 if world > 1:  # every rank stops together, or the others would wait in the next collective forever
@@ -339,7 +350,8 @@ class WeightAverage:
 def window_batches(
     windows: TrainingWindows, batch_size: int, rng: np.random.Generator, device: torch.device, rank: int = 0, world: int = 1
 ):
-    """Shuffled batches of `batch_size` windows, as tensors on `device`.
+    """Shuffled batches of `batch_size` windows, as tensors on `device`: (inputs, targets, target ratings, input
+    events, target weights), None for what the log does not have.
 
     Under data parallelism every rank draws the same permutation and takes every `world`-th window of each batch, so
     `batch_size` stays the global batch and the ranks together see each window once per epoch (a final batch with
@@ -352,12 +364,10 @@ def window_batches(
         rows = order[start : start + batch_size][rank::world]
         # Trim the batch to its longest window: most users are short, so most batches are much narrower than L.
         width = int((windows.inputs[rows] > 0).sum(axis=1).max())
-        inputs = torch.from_numpy(windows.inputs[rows, :width]).to(device)
-        targets = torch.from_numpy(windows.targets[rows, :width]).to(device)
-        ratings = None
-        if windows.target_ratings is not None:
-            ratings = torch.from_numpy(windows.target_ratings[rows, :width]).to(device)
-        yield inputs, targets, ratings
+        yield tuple(
+            None if part is None else torch.from_numpy(part[rows, :width]).to(device)
+            for part in (windows.inputs, windows.targets, windows.target_ratings, windows.input_events, windows.target_weights)
+        )
 
 
 def _progress(iterable, show: bool, description: str):

@@ -1,7 +1,9 @@
 """Read behavior logs and the item table from CSV, Parquet or JSONL into canonical columns.
 
 Canonical interactions: `user`, `item`, `timestamp` (int64 unix seconds), optional `rating` (float), `event` (str),
-in file order. Canonical items: `item`, `text` (the encoder input), `categories` (list of str).
+`value` (float), in file order. Canonical items: `item`, `text` (the encoder input), `categories` (list of str),
+`recommendable` (bool), and the configured side features (numeric columns as float with NaN for missing,
+categorical ones as str or None).
 Every problem is raised as a `PipelineInputError` that names the file and the row (1-based data row, header excluded).
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import DataConfig, InteractionsConfig, ItemsConfig, TagsConfig
+from pipeline.config import DataConfig, InteractionsConfig, ItemsConfig, TagsConfig, candidate_filter
 from pipeline.errors import PipelineInputError, shorten
 
 log = logging.getLogger("pipeline")
@@ -169,8 +171,8 @@ def load_interactions(config: InteractionsConfig, rating_range: tuple[float, flo
         wanted["rating"] = mapping.rating
     if mapping.event:
         wanted["event"] = mapping.event
-    if config.event_types is not None and not mapping.event:
-        raise PipelineInputError("data.interactions.event_types: needs data.interactions.columns.event")
+    if mapping.value:
+        wanted["value"] = mapping.value
     frame = read_table(path, config.format, list(dict.fromkeys(wanted.values())))
     out = pd.DataFrame(
         {
@@ -181,8 +183,17 @@ def load_interactions(config: InteractionsConfig, rating_range: tuple[float, flo
     )
     if mapping.rating:
         out["rating"] = _parse_ratings(frame[mapping.rating], path, mapping.rating, rating_range)
+    if mapping.value:
+        out["value"] = parse_numbers(frame[mapping.value], path, mapping.value, missing_allowed=False)
+        negative = out["value"].to_numpy() < 0
+        if negative.any():
+            index = int(np.argmax(negative))
+            raise PipelineInputError(f"{path}: row {_row(index)}: {mapping.value!r} value {out['value'].iloc[index]} is negative")
     if mapping.event:
         out["event"] = clean_ids(frame[mapping.event], path, mapping.event)
+        observed = sorted(out["event"].unique())
+        for key, named in (("event_types", config.event_types), ("event_weights", config.event_weights)):
+            check_event_types(named or [], observed, f"data.interactions.{key}", path)
         if config.event_types is not None:
             keep = out["event"].isin(config.event_types)
             log.info("kept %d of %d interactions with event types %s", int(keep.sum()), len(out), config.event_types)
@@ -192,20 +203,35 @@ def load_interactions(config: InteractionsConfig, rating_range: tuple[float, flo
     return out
 
 
-def _parse_ratings(values: pd.Series, path: Path, column: str, rating_range) -> np.ndarray:
+def check_event_types(named, observed: list[str], key: str, path: Path) -> None:
+    """Every event type a config key names must occur in the log: a typo would otherwise select nothing."""
+    for name in named:
+        if name not in observed:
+            close = difflib.get_close_matches(str(name), observed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PipelineInputError(f"{key}: {name!r} is not an event type of {path}{hint}; types are {shorten(observed, 300)}")
+
+
+def parse_numbers(values: pd.Series, path: Path, column: str, missing_allowed: bool) -> pd.Series:
+    """Finite float per row (NaN where missing, when allowed); a value that is not a number names its row."""
     _reject_non_scalars(values, path, column, "a number")
-    ratings = pd.to_numeric(values, errors="coerce")
-    bad = ratings.isna() & values.notna()
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() & values.notna() & (values.astype("string").str.strip() != "")
     if bad.any():
         index = bad.idxmax()
         raise PipelineInputError(f"{path}: row {_row(index)}: {column!r} value {shorten(values.iloc[index])} is not a number")
-    if ratings.isna().any():
-        raise PipelineInputError(f"{path}: row {_row(ratings.isna().idxmax())}: empty {column!r}")
-    ratings = ratings.to_numpy(dtype=np.float64)
-    infinite = ~np.isfinite(ratings)
+    if not missing_allowed and numbers.isna().any():
+        raise PipelineInputError(f"{path}: row {_row(numbers.isna().idxmax())}: empty {column!r}")
+    numbers = numbers.astype(np.float64)
+    infinite = np.isinf(numbers.to_numpy())
     if infinite.any():
         index = int(np.argmax(infinite))
         raise PipelineInputError(f"{path}: row {_row(index)}: {column!r} value {shorten(values.iloc[index])} is not a finite number")
+    return numbers
+
+
+def _parse_ratings(values: pd.Series, path: Path, column: str, rating_range) -> np.ndarray:
+    ratings = parse_numbers(values, path, column, missing_allowed=False).to_numpy()
     if rating_range is not None:
         low, high = rating_range
         outside = (ratings < low) | (ratings > high)
@@ -220,7 +246,10 @@ def _parse_ratings(values: pd.Series, path: Path, column: str, rating_range) -> 
 def load_items(config: ItemsConfig, tags: TagsConfig | None = None) -> pd.DataFrame:
     path = Path(config.path)
     mapping = config.columns
-    frame = read_table(path, config.format, list(dict.fromkeys([mapping.id, mapping.category, *config.text_fields])))
+    filter_column, operator, literal = candidate_filter(config.recommendable) if config.recommendable else (None, None, None)
+    features = [*config.numeric_features, *config.categorical_features]
+    wanted = [mapping.id, mapping.category, *config.text_fields, *features, *([filter_column] if filter_column else [])]
+    frame = read_table(path, config.format, list(dict.fromkeys(wanted)))
     ids = clean_ids(frame[mapping.id], path, mapping.id)
     repeated = ids.duplicated()
     if repeated.any():
@@ -231,16 +260,87 @@ def load_items(config: ItemsConfig, tags: TagsConfig | None = None) -> pd.DataFr
     if tags is not None:
         fields["tags"] = ids.map(_aggregate_tags(tags)).fillna("").astype(object)
     text = _render_texts(config.text_template, fields, len(frame), path)
-    categories = (
-        frame[mapping.category].astype("string").fillna("").str.strip()
-        .map(lambda value: [c.strip() for c in value.split(config.category_separator) if c.strip()] or ["(none)"])
+    items = pd.DataFrame({"item": ids, "text": text, "categories": _categories(frame[mapping.category], config).astype(object)})
+    for name in config.numeric_features:
+        items[name] = parse_numbers(frame[name], path, name, missing_allowed=True).to_numpy()
+    for name in config.categorical_features:
+        _reject_non_scalars(frame[name], path, name, "a label")
+        labels = frame[name].astype("string").str.strip()
+        items[name] = labels.where(labels.notna() & (labels != ""), None).astype(object).to_numpy()
+    items["recommendable"] = (
+        _recommendable(frame[filter_column], operator, literal, path, filter_column) if filter_column else True
     )
-    return pd.DataFrame({"item": ids, "text": text, "categories": categories.astype(object)})
+    return items
+
+
+def _categories(values: pd.Series, config: ItemsConfig) -> pd.Series:
+    """Each item's list of categories, at `category_level` of a path (one entry per part with `all`)."""
+    separator = config.category_separator
+
+    def parse(value: str) -> list[str]:
+        parts = [part.strip() for part in value.split(separator) if part.strip()]
+        if not parts:
+            return ["(none)"]
+        if config.category_level == "top":
+            return parts[:1]
+        if config.category_level == "leaf":
+            return [separator.join(parts)]
+        return parts
+
+    return values.astype("string").fillna("").str.strip().map(parse)
+
+
+TRUE_TEXT = {"true", "1", "yes", "y", "t"}
+FALSE_TEXT = {"false", "0", "no", "n", "f", ""}
+
+
+def _recommendable(values: pd.Series, operator: str | None, literal: str | None, path: Path, column: str) -> np.ndarray:
+    """data.items.recommendable, per item: a boolean column, or one column compared with one value."""
+    _reject_non_scalars(values, path, column, "a value", booleans=True)
+    if operator is None:
+        if values.dtype == bool:
+            return values.to_numpy()
+        text = values.astype("string").fillna("").str.strip().str.lower()
+        unknown = ~text.isin(TRUE_TEXT | FALSE_TEXT)
+        if unknown.any():
+            index = unknown.idxmax()
+            raise PipelineInputError(
+                f"{path}: row {_row(index)}: {column!r} value {shorten(values.iloc[index])} is not true/false "
+                "(data.items.recommendable names a boolean column; or write a comparison like `stock > 0`)"
+            )
+        return text.isin(TRUE_TEXT).to_numpy()
+    number = pd.to_numeric(pd.Series([literal]), errors="coerce").iloc[0]
+    if pd.notna(number):
+        left = parse_numbers(values, path, column, missing_allowed=True)
+        right = float(number)
+    else:
+        if operator not in ("==", "!="):
+            raise PipelineInputError(f"data.items.recommendable: {operator} needs a number, got {shorten(literal)}")
+        left, right = values.astype("string").str.strip(), literal
+    compare = {"==": left.eq, "!=": left.ne, ">": left.gt, ">=": left.ge, "<": left.lt, "<=": left.le}[operator]
+    allowed = compare(right).fillna(False).to_numpy(dtype=bool)  # a missing value is not allowed
+    if not allowed.any():
+        raise PipelineInputError(f"{path}: no item passes data.items.recommendable ({column} {operator} {literal})")
+    return allowed
+
+
+class TemplateValue(str):
+    """A text field in the template: shown as written, unless a number format asks for a number (`{price:.0f}`)."""
+
+    NUMBER_FORMATS = set("bcdeEfFgGnoxX%")
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in self.NUMBER_FORMATS:
+            if not self:
+                return ""
+            number = float(self)  # ValueError: reported with the row by _render_texts
+            return format(int(number) if spec[-1] in "bcdoxXn" and number.is_integer() else number, spec)
+        return format(str(self), spec)
 
 
 def _render_texts(template: str, fields: dict[str, pd.Series], n_rows: int, path: Path) -> list[str]:
     try:
-        template.format(**{name: "" for name in fields})
+        template.format(**{name: TemplateValue("") for name in fields})
     except (KeyError, IndexError, ValueError) as err:
         raise PipelineInputError(
             f"data.items.text_template: {shorten(template)} uses {err} but the fields are {sorted(fields)}"
@@ -248,7 +348,10 @@ def _render_texts(template: str, fields: dict[str, pd.Series], n_rows: int, path
     columns = {name: series.tolist() for name, series in fields.items()}
     rendered = []
     for row in range(n_rows):
-        text = template.format(**{name: values[row] for name, values in columns.items()}).strip()
+        try:
+            text = template.format(**{name: TemplateValue(values[row]) for name, values in columns.items()}).strip()
+        except ValueError as err:
+            raise PipelineInputError(f"{path}: row {_row(row)}: data.items.text_template {shorten(template)}: {err}") from None
         rendered.append(text)
     long = [row for row, text in enumerate(rendered) if len(text) > MAX_TEXT_CHARACTERS]
     if long:

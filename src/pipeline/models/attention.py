@@ -18,7 +18,8 @@ from torch import nn
 
 from pipeline.data.prepare import TrainView
 from pipeline.models.base import Catalog, ScoringModel, pad_histories
-from pipeline.models.sequence import ItemRepresentation, ItemSequenceSection, log_popularity, representation_uses_text
+from pipeline.models.items import event_embedding, item_representation, with_event_types
+from pipeline.models.sequence import ItemSequenceSection, log_popularity, representation_uses_text, weighted_mean
 
 # Users scored at once inside score_items: memory is users x catalog x history floats.
 SCORING_CHUNK = 32
@@ -36,11 +37,11 @@ class TargetAttention(ScoringModel):
 
     def __init__(self, config: TargetAttentionConfig, catalog: Catalog, seed: int = 0):
         super().__init__(config, catalog)
-        item_text_embeddings = catalog.text_embeddings_or_zeros()
         n_items = catalog.n_items
         width = config.hidden_size
         self.negatives = config.negatives
-        self.items = ItemRepresentation(item_text_embeddings, width, config.item_representation)
+        self.items = item_representation(config, catalog)
+        self.event_embedding = event_embedding(config, catalog)
         self.positions = nn.Embedding(config.max_length, width)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.query = nn.Linear(width, width, bias=False)
@@ -55,9 +56,9 @@ class TargetAttention(ScoringModel):
         with torch.no_grad():
             self.item_bias.copy_(log_popularity(self.statistics.item_counts))
 
-    def _history(self, inputs: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def _history(self, inputs: torch.Tensor, items: torch.Tensor, input_events: torch.Tensor | None) -> torch.Tensor:
         positions = self.positions(torch.arange(inputs.shape[1], device=inputs.device))
-        return self.dropout(items[inputs] + positions)
+        return self.dropout(with_event_types(items[inputs], self.event_embedding, input_events) + positions)
 
     def _attend(self, history: torch.Tensor, candidates: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """history [B, L, d], candidates [B, ..., d], visible [B, ..., L] -> scores [B, ...] (without bias)."""
@@ -69,11 +70,14 @@ class TargetAttention(ScoringModel):
         weights = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1)
         return (weights * values).sum(-1)
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None):
+    def forward(
+        self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None,
+        input_events: torch.Tensor | None = None, target_weights: torch.Tensor | None = None,
+    ):
         """The training loss parts of a batch of windows (see `training.fit`)."""
         items = self.items(self.statistics.item_counts)
         batch, length = inputs.shape
-        history = self._history(inputs, items)
+        history = self._history(inputs, items, input_events)
         # Negatives among the items seen in training: the others take their text neighbours' rows when scored.
         trained_items = torch.nonzero(self.statistics.item_counts > 0).flatten()
         negatives = trained_items[torch.randint(len(trained_items), (batch, length, self.negatives), device=inputs.device)]
@@ -85,16 +89,20 @@ class TargetAttention(ScoringModel):
         labels = torch.zeros_like(scores)
         labels[..., 0] = 1.0
         mask = (targets > 0).unsqueeze(-1).expand_as(scores)
-        return {"item": nn.functional.binary_cross_entropy_with_logits(scores[mask], labels[mask])}
+        if target_weights is None:
+            return {"item": nn.functional.binary_cross_entropy_with_logits(scores[mask], labels[mask])}
+        losses = nn.functional.binary_cross_entropy_with_logits(scores[mask], labels[mask], reduction="none")
+        return {"item": weighted_mean(losses, target_weights.unsqueeze(-1).expand_as(scores)[mask])}
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         items = self.items(self.statistics.item_counts)
         item_bias = self.items.untrained_borrowing(self.statistics.item_counts).fill(self.item_bias)
         device = items.device
         chunks = []
         for start in range(0, len(histories), SCORING_CHUNK):
             inputs, lengths = pad_histories(histories[start : start + SCORING_CHUNK], self.max_length, device)
-            history = self._history(inputs, items)
+            input_events = None if events is None else pad_histories(events[start : start + SCORING_CHUNK], self.max_length, device)[0]
+            history = self._history(inputs, items, input_events)
             visible = torch.arange(inputs.shape[1], device=device)[None, :] < lengths[:, None]  # [B, L]
             candidates = items.unsqueeze(0).expand(len(inputs), -1, -1)
             visible = visible[:, None, :].expand(-1, items.shape[0], -1)

@@ -9,15 +9,19 @@ A model is a `torch.nn.Module` (so its state saves to safetensors the same way f
   gradient loop (`fitter.loop`), which returns at once for a model without trainable parameters.
 - `forward(inputs, targets, target_ratings)`, i.e. `model(...)`: the named parts of the training loss of a batch of
   windows, weighted by `loss_weights()`, for models with parameters.
-- `score_items(histories)`: [users, n_items + 1] raw scores over the whole catalog (column 0 is padding). Items a
-  user already has are scored like any other: what the ranking does with them (and with ties) is the ranker's
-  policy (`pipeline.ranking`), the same for every model.
-- `predict_category(histories)`: [users, n_categories] scores for the category of the next interaction.
-- `predict_rating(histories, items)`: [users] predicted rating of the given next items.
+- `score_items(histories, events)`: [users, n_items + 1] raw scores over the whole catalog (column 0 is padding).
+  Items a user already has are scored like any other: what the ranking does with them (and with ties) is the
+  ranker's policy (`pipeline.ranking`), the same for every model.
+- `predict_category(histories, events)`: [users, n_categories] scores for the category of the next interaction.
+- `predict_rating(histories, items, events)`: [users] predicted rating of the given next items.
 - `max_length`: how many of the most recent history items the model reads.
 
+`events` (None when the log has no event types) holds, aligned with each history, the event-type code of every
+position (1.. in the order of `Catalog.event_names`, 0 unknown); a model that does not read them ignores them.
+
 Capabilities are class attributes, never name checks: `uses_text(config)` (whether the catalog's text embeddings
-must be computed), `item_row_parameters` / `category_row_parameters` (parameters with one row per item or category,
+must be computed), `scores_untrained_items(config)` (whether items without training events get meaningful scores,
+from their text), `item_row_parameters` / `category_row_parameters` (parameters with one row per item or category,
 which a warm start maps through ids). Histories are lists of item-index arrays, oldest first, of any length (users
 never seen in training included).
 """
@@ -30,6 +34,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from pipeline.data.features import ItemFeatures
 from pipeline.data.prepare import TrainView
 from pipeline.ranking import popularity_order, top_indices
 from pipeline.schema import ModelSection
@@ -37,12 +42,15 @@ from pipeline.schema import ModelSection
 
 @dataclass
 class Catalog:
-    """What a model is built for: the catalog's shape, categories and text embeddings (None: not encoded)."""
+    """What a model is built for: the catalog's shape, categories, text embeddings (None: not encoded), side
+    features (None: none configured) and the log's event types (empty: no event column)."""
 
     n_items: int
     category_matrix: np.ndarray  # [n_items + 1, n_categories]
     item_text_embeddings: np.ndarray | None = None  # [n_items + 1, width]
     n_users: int = 0
+    item_features: ItemFeatures | None = None
+    event_names: tuple[str, ...] = ()
 
     @property
     def n_categories(self) -> int:
@@ -65,6 +73,12 @@ def pad_histories(histories: list[np.ndarray], max_length: int, device: torch.de
     return torch.from_numpy(padded).to(device), torch.from_numpy(lengths).to(device)
 
 
+def repeat_share_of(events) -> float:
+    """Share of training events (after each user's first) whose item the user had already interacted with."""
+    could_repeat = len(events) - events["user"].nunique()
+    return int(events.duplicated(["user", "item"]).sum()) / could_repeat if could_repeat else 0.0
+
+
 class TrainingStatistics(torch.nn.Module):
     """Counts every model starts from: item popularity, category prior, damped item rating means, repeat share.
 
@@ -83,10 +97,14 @@ class TrainingStatistics(torch.nn.Module):
         self.register_buffer("global_rating_mean", torch.zeros(()))
         # Share of training events (after each user's first) whose item the user had already interacted with.
         self.register_buffer("repeat_share", torch.zeros(()))
+        # data.items.recommendable per item (padding: never).
+        self.register_buffer("recommendable", torch.ones(n_items + 1, dtype=torch.bool))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Saved before the repeat share was measured: rank seen items as those models did (as if people repeat).
         state_dict.setdefault(prefix + "repeat_share", torch.ones(()))
+        # Saved before candidates could be restricted: every item was one.
+        state_dict.setdefault(prefix + "recommendable", torch.ones_like(self.recommendable))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def rating_of(self, items: np.ndarray) -> torch.Tensor:
@@ -101,9 +119,9 @@ class TrainingStatistics(torch.nn.Module):
         counts[0] = 0
         self.item_counts.copy_(counts)
         self.category_prior.copy_(counts @ torch.from_numpy(train.category_matrix))
-        could_repeat = len(events) - events["user"].nunique()
-        repeats = int(events.duplicated(["user", "item"]).sum())
-        self.repeat_share.fill_(repeats / could_repeat if could_repeat else 0.0)
+        self.repeat_share.fill_(repeat_share_of(events))
+        if train.recommendable is not None:
+            self.recommendable.copy_(torch.from_numpy(train.recommendable))
         if train.has_ratings:
             ratings = torch.from_numpy(events["rating"].to_numpy(copy=True)).float()
             global_mean = ratings.mean()
@@ -130,12 +148,19 @@ class Recommender(torch.nn.Module):
     def __init__(self, config: ModelSection, catalog: Catalog):
         super().__init__()
         self.max_length = getattr(config, "max_length", 1)
+        self.scores_untrained = type(self).scores_untrained_items(config)
         self.statistics = TrainingStatistics(catalog.n_items, catalog.n_categories)
         self.register_buffer("item_category_weights", torch.as_tensor(catalog.category_matrix, dtype=torch.float32))
 
     @classmethod
     def uses_text(cls, config: ModelSection) -> bool:
         return cls.reads_text
+
+    @classmethod
+    def scores_untrained_items(cls, config: ModelSection) -> bool:
+        """Whether items without training events get meaningful scores (from text): else `output.exclude_untrained`
+        takes them out of the candidates."""
+        return cls.uses_text(config)
 
     @property
     def n_items(self) -> int:
@@ -162,13 +187,15 @@ class Recommender(torch.nn.Module):
                 setattr(self, name, torch.empty_like(stored))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def predict_category(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:
+    def predict_rating(
+        self, histories: list[np.ndarray], items: np.ndarray, events: list[np.ndarray] | None = None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -192,13 +219,15 @@ class ScoringModel(Recommender):
 
     CATEGORY_TOP_ITEMS = 20
 
-    def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
-        scores = self.score_items(histories).float().clone()
+    def predict_category(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
+        scores = self.score_items(histories, events).float().clone()
         scores[:, 0] = float("-inf")
         order = popularity_order(self.statistics.item_counts)
         top = order[top_indices(scores[:, order], min(self.CATEGORY_TOP_ITEMS, self.n_items))]
         rank_weights = 1.0 / torch.arange(1, top.shape[1] + 1, dtype=torch.float32, device=top.device)
         return torch.einsum("r,brc->bc", rank_weights, self.item_category_weights[top])
 
-    def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:
+    def predict_rating(
+        self, histories: list[np.ndarray], items: np.ndarray, events: list[np.ndarray] | None = None
+    ) -> torch.Tensor:
         return self.statistics.rating_of(items)

@@ -18,6 +18,7 @@ from pipeline.data.prepare import TrainView
 from pipeline.errors import PipelineInputError
 from pipeline.models.base import Catalog, ScoringModel, recency_weights
 from pipeline.models.content import ProfileSection
+from pipeline.schema import ModelSection
 
 # Training samples per user: the most recent positions of their training sequence.
 SAMPLES_PER_USER = 20
@@ -35,6 +36,10 @@ class CategoryClassifier(ScoringModel):
     """Shared by the two classifiers: features, the category-to-item scoring; `fit_classifier` is each one's own."""
 
     reads_text = True
+
+    @classmethod
+    def scores_untrained_items(cls, config: ModelSection) -> bool:
+        return False  # an item's score is its training count times the user's interest in its categories
 
     def __init__(self, config: ProfileSection, catalog: Catalog, seed: int = 0):
         super().__init__(config, catalog)
@@ -77,7 +82,7 @@ class CategoryClassifier(ScoringModel):
     def fit_classifier(self, features: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray) -> None:
         raise NotImplementedError
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         counts, category_events = self.statistics.item_counts, self.statistics.category_prior
         interest_per_event = self.predict_category(histories) / category_events.clamp(min=1e-12)
         return counts * (interest_per_event @ self.item_category_weights.T)
@@ -105,7 +110,7 @@ class LogisticRegression(CategoryClassifier):
         self.coefficients[classes] = torch.as_tensor(coefficients, dtype=torch.float32)
         self.intercepts[classes] = torch.as_tensor(intercepts, dtype=torch.float32)
 
-    def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def predict_category(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         return torch.softmax(self.features(histories) @ self.coefficients.T + self.intercepts, dim=1)
 
 
@@ -120,7 +125,7 @@ class RandomForest(CategoryClassifier):
         self.forest = RandomForestClassifier(n_estimators=100, min_samples_leaf=3, n_jobs=-1, random_state=self.seed)
         self.forest.fit(features, labels, sample_weight=sample_weights)
 
-    def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def predict_category(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         if self.forest is None:
             raise PipelineInputError("random_forest: this model was not fitted in this process (forests are not saved)")
         probabilities = torch.zeros(len(histories), self.item_category_weights.shape[1])

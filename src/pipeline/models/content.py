@@ -46,13 +46,17 @@ class BertContent(ScoringModel):
         embeddings = torch.as_tensor(catalog.text_embeddings_or_zeros(), dtype=torch.float32)
         self.register_buffer("item_vectors", torch.nn.functional.normalize(embeddings, dim=1))
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         profiles = recency_weights(histories, self.max_length, self.half_life, self.n_items) @ self.item_vectors
         return torch.nn.functional.normalize(profiles, dim=1) @ self.item_vectors.T
 
 
 class TfidfContent(ScoringModel):
     config_class = TfidfContentConfig
+
+    @classmethod
+    def scores_untrained_items(cls, config: TfidfContentConfig) -> bool:
+        return True  # by the words of their texts
     resizable_buffers = ("tfidf_indptr", "tfidf_indices", "tfidf_values")
 
     def __init__(self, config: TfidfContentConfig, catalog: Catalog, seed: int = 0):
@@ -75,7 +79,7 @@ class TfidfContent(ScoringModel):
         self.tfidf_indices = torch.from_numpy(matrix.indices.astype(np.int64))
         self.tfidf_values = torch.from_numpy(matrix.data.astype(np.float32))
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         indices = self.tfidf_indices.numpy()
         width = int(indices.max()) + 1 if len(indices) else 1
         items = sp.csr_matrix((self.tfidf_values.numpy(), indices, self.tfidf_indptr.numpy()), shape=(self.n_items + 1, width))

@@ -48,25 +48,30 @@ class ScoreFusion(Recommender):
         self.members = torch.nn.ModuleDict(members)
         self.register_buffer("weights", torch.full((len(members),), 1.0 / len(members)))
         self.max_length = max(member.max_length for member in members.values())
+        self.scores_untrained = any(member.scores_untrained for member in members.values())
 
     def member_weights(self) -> dict[str, float]:
         return {name: round(weight, 6) for name, weight in zip(self.members.keys(), self.weights.tolist())}
 
-    def _member_scores(self, histories: list[np.ndarray]) -> list[torch.Tensor]:
-        return [standardize(member.score_items(histories).float().cpu(), histories) for member in self.members.values()]
+    def _member_scores(self, histories: list[np.ndarray], events: list[np.ndarray] | None) -> list[torch.Tensor]:
+        return [
+            standardize(member.score_items(histories, events).float().cpu(), histories) for member in self.members.values()
+        ]
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
-        return sum(weight * scores for weight, scores in zip(self.weights, self._member_scores(histories)))
+    def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
+        return sum(weight * scores for weight, scores in zip(self.weights, self._member_scores(histories, events)))
 
-    def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def predict_category(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         return sum(
-            weight * member.predict_category(histories).float().cpu().softmax(dim=1)
+            weight * member.predict_category(histories, events).float().cpu().softmax(dim=1)
             for weight, member in zip(self.weights, self.members.values())
         )
 
-    def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:
+    def predict_rating(
+        self, histories: list[np.ndarray], items: np.ndarray, events: list[np.ndarray] | None = None
+    ) -> torch.Tensor:
         return sum(
-            weight * member.predict_rating(histories, items).float().cpu()
+            weight * member.predict_rating(histories, items, events).float().cpu()
             for weight, member in zip(self.weights, self.members.values())
         )
 
@@ -76,7 +81,7 @@ class ScoreFusion(Recommender):
         self.fit_statistics(train)
         validator = fitter.validator
         cases, k = validator.cases, validator.k
-        member_scores = self._member_scores(cases.histories)
+        member_scores = self._member_scores(cases.histories, cases.history_events)
         ranker = validator.ranker(self)
         best_weights, best_score = None, float("-inf")
         for steps in itertools.product(range(WEIGHT_STEPS + 1), repeat=len(member_scores)):
@@ -102,5 +107,5 @@ class _Fixed:
         self.scores = scores
         self.rows = {id(history): row for row, history in enumerate(histories)}
 
-    def score_items(self, histories):
+    def score_items(self, histories, events=None):
         return self.scores[[self.rows[id(history)] for history in histories]]

@@ -77,7 +77,7 @@ class ItemCF(ScoringModel):
             self.neighbour_items[start:stop] = torch.from_numpy(top)
             self.neighbour_weights[start:stop] = torch.from_numpy(np.take_along_axis(similarity, top, axis=1))
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         scores = torch.zeros(len(histories), self.n_items + 1)
         for row, history in enumerate(histories):
             recent = torch.as_tensor(np.unique(history[-self.max_length :]), dtype=torch.long)
@@ -107,7 +107,7 @@ class UserCF(ScoringModel):
         indptr = self.user_item_indptr.numpy()
         return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(indptr) - 1, self.n_items + 1))
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         train = self._training_matrix()
         queries = interaction_matrix({row: h[-self.max_length :] for row, h in enumerate(histories)}, len(histories), self.n_items)
         overlap = (queries @ train.T).toarray()

@@ -25,13 +25,13 @@ class Popularity(Recommender):
     def __init__(self, config: ModelSection, catalog: Catalog, seed: int = 0):
         super().__init__(config, catalog)
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         return self.statistics.item_counts.unsqueeze(0).expand(len(histories), -1)
 
-    def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def predict_category(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         return self.statistics.category_prior.unsqueeze(0).expand(len(histories), -1)
 
-    def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:
+    def predict_rating(self, histories: list[np.ndarray], items: np.ndarray, events: list[np.ndarray] | None = None) -> torch.Tensor:
         return self.statistics.rating_of(items)
 
 
@@ -58,5 +58,5 @@ class RecentPopularity(Popularity):
         counts = np.bincount(recent["item"].to_numpy(), minlength=train.n_items + 1).astype(np.float32)
         self.recent_counts.copy_(torch.from_numpy(counts))
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         return self.recent_counts.unsqueeze(0).expand(len(histories), -1)

@@ -10,6 +10,7 @@ import difflib
 import numpy as np
 import torch
 
+from pipeline.data.features import ItemFeatures
 from pipeline.models.attention import TargetAttention
 from pipeline.models.base import CONTRACT_METHODS, Catalog, Recommender
 from pipeline.models.classifiers import LogisticRegression, RandomForest
@@ -17,6 +18,7 @@ from pipeline.models.content import BertContent, TfidfContent
 from pipeline.models.neighbourhood import ItemCF, UserCF
 from pipeline.models.popularity import Popularity, RecentPopularity
 from pipeline.models.sequence import GRU, LSTM, Transformer
+from pipeline.models.session import Covisitation, RecentItems
 from pipeline.schema import ModelSection
 
 MODELS: dict[str, type[Recommender]] = {}
@@ -53,10 +55,15 @@ register(GRU)
 register(LSTM)
 register(Transformer)
 register(TargetAttention)
+register(RecentItems)
+register(Covisitation)
 
-# The model of a config without `model.name`, and the floor every run and comparison reports next to its models.
+# The model of a config without `model.name`, and the floors every run and comparison reports next to its models
+# (the recently-interacted floor only where seen items may be listed: otherwise it is popularity).
 DEFAULT_MODEL = Transformer.config_class.model_fields["name"].default
-FLOOR_MODEL = Popularity.config_class.model_fields["name"].default
+FLOOR_MODELS = tuple(model.config_class.model_fields["name"].default for model in (Popularity, RecentItems, Covisitation))
+FLOOR_MODEL = FLOOR_MODELS[0]
+REPEAT_FLOORS = (RecentItems.config_class.model_fields["name"].default,)
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -78,6 +85,13 @@ def floor_config() -> ModelSection:
     return model_class(FLOOR_MODEL).config_class()
 
 
+def floor_configs(seen_items_listed: bool) -> list[ModelSection]:
+    """The floors that apply: all of them where a user's own items may be listed, else those that rank others."""
+    return [
+        model_class(name).config_class() for name in FLOOR_MODELS if seen_items_listed or name not in REPEAT_FLOORS
+    ]
+
+
 def build_model(config: ModelSection, catalog: Catalog, seed: int = 0) -> Recommender:
     """A fresh model of `config` for `catalog`; its initial weights depend on `seed` only, not on whatever used the
     global random state before."""
@@ -86,7 +100,10 @@ def build_model(config: ModelSection, catalog: Catalog, seed: int = 0) -> Recomm
         return model_class(config.name)(config, catalog, seed)
 
 
-def empty_catalog(n_items: int, n_categories: int, text_width: int | None) -> Catalog:
+def empty_catalog(
+    n_items: int, n_categories: int, text_width: int | None, features: ItemFeatures | None = None,
+    event_names: tuple[str, ...] = (),
+) -> Catalog:
     """The shape of a stored model's catalog, to load its weights into (the buffers are overwritten)."""
     embeddings = None if text_width is None else np.zeros((n_items + 1, text_width), dtype=np.float32)
-    return Catalog(n_items, np.zeros((n_items + 1, n_categories), dtype=np.float32), embeddings)
+    return Catalog(n_items, np.zeros((n_items + 1, n_categories), dtype=np.float32), embeddings, 0, features, event_names)

@@ -1,6 +1,8 @@
 """Sequence models of interest: an item representation, a causal backbone (LSTM, GRU or Transformer), three heads.
 
-Item representation: the frozen text embedding projected to the model width, a learnable id embedding, or their sum.
+Item representation: the frozen text embedding projected to the model width, a learnable id embedding, or their sum,
+plus the item's side features (numeric ones projected, one learned vector per categorical label) when configured. A
+history position also carries its event type (view, cart, purchase) as a learned vector added to its item's.
 Heads, all read from the backbone state after each position:
 - next item: dot product with every item representation (tied with the input side) plus an item bias;
 - category of the next interaction: a linear layer over the categories;
@@ -21,7 +23,7 @@ from torch import nn
 
 from pipeline.data.prepare import TrainView
 from pipeline.models.base import Catalog, Recommender, pad_histories
-from pipeline.models.text_neighbours import TextNeighbours, text_neighbours
+from pipeline.models.items import event_embedding, item_representation, with_event_types
 from pipeline.ranking import history_mask
 from pipeline.schema import ModelSection, Section
 
@@ -38,6 +40,11 @@ class ItemSequenceSection(ModelSection):
     """Dropout on the model's inputs and states."""
     max_length: int = Field(50, ge=2)
     """How many of the user's most recent items the model reads (and the training window length)."""
+    item_features: bool = True
+    """Add the items' side features (data.items.numeric_features, categorical_features) to their representation."""
+    event_types: bool = True
+    """Add a learned vector of each history position's event type (when the log has data.interactions.columns.event),
+    so "carted, not yet bought" is learnable."""
 
 
 def representation_uses_text(cls, config: ItemSequenceSection) -> bool:
@@ -99,63 +106,16 @@ class GRUConfig(SequenceSection):
     name: Literal["gru"] = "gru"
 
 
-class ItemRepresentation(nn.Module):
-    """[n_items + 1, width] item vectors: projected frozen text embedding, learnable id embedding, or their sum.
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy averaged over the rows with each row's weight (the plain mean without weights)."""
+    if weights is None:
+        return nn.functional.cross_entropy(logits, labels)
+    return weighted_mean(nn.functional.cross_entropy(logits, labels, reduction="none"), weights)
 
-    Given the training item counts, items without training events borrow their id rows from their nearest trained
-    items by text (`text_neighbours`), so a text model can rank items it never saw being chosen.
-    """
 
-    def __init__(self, item_text_embeddings: np.ndarray, width: int, uses: str):
-        super().__init__()
-        n_rows, text_width = item_text_embeddings.shape
-        self.register_buffer("item_text_embeddings", torch.as_tensor(item_text_embeddings, dtype=torch.float32))
-        self.text_projection = nn.Linear(text_width, width) if "text" in uses else None
-        self.id_embedding = nn.Embedding(n_rows, width, padding_idx=0) if "id" in uses else None
-        if self.id_embedding is not None:
-            nn.init.normal_(self.id_embedding.weight, std=0.02)
-            with torch.no_grad():
-                self.id_embedding.weight[0].zero_()
-        self._cached: tuple | None = None
-        self._borrowing: tuple | None = None
-
-    def forward(self, item_counts: torch.Tensor | None = None, id_dropout: float = 0.0) -> torch.Tensor:
-        """With `id_dropout` (training), that share of the items, drawn afresh, has its id rows hidden."""
-        borrowing = None if item_counts is None else self.untrained_borrowing(item_counts)
-        if torch.is_grad_enabled():
-            return self._compute(borrowing, id_dropout)
-        # Scoring calls this once per user chunk; with a large catalog the text projection dominates, so reuse it
-        # until a weight changes (in-place updates bump a tensor's version; moving the model replaces the tensors).
-        key = (borrowing, *((id(tensor), tensor._version) for tensor in (*self.parameters(), *self.buffers())))
-        if self._cached is None or self._cached[0] != key:
-            self._cached = (key, self._compute(borrowing))
-        return self._cached[1]
-
-    def untrained_borrowing(self, item_counts: torch.Tensor) -> TextNeighbours:
-        """Who borrows from whom: items with no training events from trained items (nobody without text)."""
-        key = (id(item_counts), item_counts._version, item_counts.device)
-        if self._borrowing is None or self._borrowing[0] != key:
-            trained = item_counts > 0
-            untrained = ~trained
-            untrained[0] = False  # padding
-            lenders = trained if self.text_projection is not None else torch.zeros_like(trained)
-            self._borrowing = (key, text_neighbours(self.item_text_embeddings, lenders, untrained))
-        return self._borrowing[1]
-
-    def _compute(self, borrowing: TextNeighbours | None, id_dropout: float = 0.0) -> torch.Tensor:
-        parts = []
-        if self.text_projection is not None:
-            parts.append(self.text_projection(self.item_text_embeddings))
-        if self.id_embedding is not None:
-            id_rows = self.id_embedding.weight if borrowing is None else borrowing.fill(self.id_embedding.weight)
-            if id_dropout and self.text_projection is not None:
-                kept = torch.rand(len(id_rows), 1, device=id_rows.device) >= id_dropout
-                id_rows = id_rows * kept
-            parts.append(id_rows)
-        representation = torch.stack(parts).sum(0)
-        padding = torch.ones_like(representation[:, :1])
-        padding[0] = 0
-        return representation * padding
+def weighted_mean(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-target training losses averaged with the targets' weights (event type, value)."""
+    return (losses * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
 def log_popularity(counts: torch.Tensor) -> torch.Tensor:
@@ -220,7 +180,8 @@ class SequenceRecommender(Recommender):
         self.id_dropout = config.id_dropout
         self.loss = config.loss
         self.future_items = config.loss.future_items
-        self.items = ItemRepresentation(item_text_embeddings, width, config.item_representation)
+        self.items = item_representation(config, catalog)
+        self.event_embedding = event_embedding(config, catalog)
         self.backbone = self.build_backbone(config)
         self.item_bias = nn.Parameter(torch.zeros(n_rows))
         # Learned score offset for items already in the user's history: how likely people are to come back to an
@@ -250,27 +211,33 @@ class SequenceRecommender(Recommender):
     def item_biases(self) -> torch.Tensor:
         return self.items.untrained_borrowing(self.statistics.item_counts).fill(self.item_bias)
 
-    def states(self, inputs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+    def states(
+        self, inputs: torch.Tensor, items: torch.Tensor | None = None, input_events: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Backbone state after every position of right-padded item indices [batch, L] -> [batch, L, width]."""
         items = self.item_representations() if items is None else items
         # Each backbone drops out its own input once (a second dropout here would hide 1 - (1 - p)^2 of it).
-        return self.backbone(items[inputs])
+        return self.backbone(with_event_types(items[inputs], self.event_embedding, input_events))
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None):
+    def forward(
+        self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None,
+        input_events: torch.Tensor | None = None, target_weights: torch.Tensor | None = None,
+    ):
         """The training loss parts of a batch of windows (see `training.fit`)."""
         items = self.items(self.statistics.item_counts, self.id_dropout if self.training else 0.0)
         mask = targets > 0
-        states = self.states(inputs, items)[mask]
+        weights = None if target_weights is None else target_weights[mask]
+        states = self.states(inputs, items, input_events)[mask]
         next_items = targets[mask]
         # Items without training events are never targets: as negatives they would only learn "never chosen", which
         # buries them at scoring time, where they take their text neighbours' rows instead (padding is one of them).
         biases = self.item_bias.masked_fill(self.statistics.item_counts == 0, float("-inf"))
         # [targets, catalog] is the largest tensor of a step: written once by addmm, then only changed in place.
         logits = self._add_repeat_bias(torch.addmm(biases.to(states.dtype), states, items.T.to(states.dtype)), inputs, mask)
-        parts = {"item": nn.functional.cross_entropy(logits, next_items)}
+        parts = {"item": weighted_cross_entropy(logits, next_items, weights)}
         if self.future_items:
             parts["future"] = self._future_loss(logits, targets, mask)
-        parts["category"] = nn.functional.cross_entropy(self.category_head(states), self.item_category_weights[next_items])
+        parts["category"] = weighted_cross_entropy(self.category_head(states), self.item_category_weights[next_items], weights)
         if target_ratings is not None:
             predicted = self._rating(states, items[next_items], next_items)
             parts["rating"] = nn.functional.mse_loss(predicted, target_ratings[mask])
@@ -305,23 +272,26 @@ class SequenceRecommender(Recommender):
         offset = self.rating_head(torch.cat([states, item_vectors], dim=-1)).squeeze(-1)
         return self.statistics.item_rating_means[items] + offset
 
-    def user_states(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def user_states(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         device = self.item_bias.device
         inputs, lengths = pad_histories(histories, self.max_length, device)
-        states = self.states(inputs)
+        input_events = None if events is None else pad_histories(events, self.max_length, device)[0]
+        states = self.states(inputs, input_events=input_events)
         return states[torch.arange(len(histories), device=device), (lengths - 1).clamp(min=0)]
 
-    def score_items(self, histories: list[np.ndarray]) -> torch.Tensor:
-        scores = self.user_states(histories) @ self.item_representations().T + self.item_biases()
+    def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
+        scores = self.user_states(histories, events) @ self.item_representations().T + self.item_biases()
         # The learned repeat bias: how likely people are to come back to an item they already have.
         return scores + self.repeat_bias * history_mask(histories, scores.shape[1], scores.device)
 
-    def predict_category(self, histories: list[np.ndarray]) -> torch.Tensor:
-        return self.category_head(self.user_states(histories))
+    def predict_category(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
+        return self.category_head(self.user_states(histories, events))
 
-    def predict_rating(self, histories: list[np.ndarray], items: np.ndarray) -> torch.Tensor:
+    def predict_rating(
+        self, histories: list[np.ndarray], items: np.ndarray, events: list[np.ndarray] | None = None
+    ) -> torch.Tensor:
         items = torch.as_tensor(items, dtype=torch.long, device=self.item_bias.device)
-        return self._rating(self.user_states(histories), self.item_representations()[items], items)
+        return self._rating(self.user_states(histories, events), self.item_representations()[items], items)
 
 
 class Transformer(SequenceRecommender):

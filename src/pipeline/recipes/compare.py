@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.api import build, catalog_of, encode, evaluate, preflight, protocol, train
+from pipeline.api import build, catalog_of, encode, evaluate, list_policy, preflight, protocol, train
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, VALID, PreparedData
 from pipeline.errors import PipelineInputError
 from pipeline.models.fusion import ScoreFusion
-from pipeline.models.registry import floor_config
+from pipeline.models.registry import floor_configs
 from pipeline.outputs import LATEST_COMPARE, elapsed, markdown_table
 from pipeline.recipes.context import RunContext
 from pipeline.storage import write_table
@@ -36,17 +36,17 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
     model_configs = config.compared_models()
     if not model_configs:
         raise PipelineInputError("compare.models: empty; list the models to compare, e.g. [{name: popularity}, {name: item_cf}]")
-    floor = floor_config()
-    if not any(model_config.name == floor.name for model_config in model_configs.values()):
-        model_configs = {floor.name: floor, **model_configs}
     preflight(config, list(model_configs.values()), "output.root")
     context = RunContext(config, f"{config.name}-compare", pointer=LATEST_COMPARE)
     selection = f"ndcg@{config.eval.select_k}"
     with context.publishing() as output:
         data = context.load()
+        metrics = {"protocol": protocol(data, config), "splits": {VALID: {}, TEST: {}}, "fusion_weights": {}}
+        compared = {model_config.name for model_config in model_configs.values()}
+        floors = floor_configs(seen_items_listed=not metrics["protocol"]["exclude_seen"])
+        model_configs = {**{floor.name: floor for floor in floors if floor.name not in compared}, **model_configs}
         with context.stage("encode"):
             item_embeddings, encoding_stats = encode(data, config, list(model_configs.values()), progress=bool(progress))
-        metrics = {"protocol": protocol(data, config), "splits": {VALID: {}, TEST: {}}, "fusion_weights": {}}
         rows, histories, trained = [], [], {}
         blends = {"fusion(" + "+".join(blend) + ")": blend for blend in config.compare.fusion}
         for label, model_config in [*model_configs.items(), *blends.items()]:
@@ -84,7 +84,7 @@ def _leaderboard_row(label: str, model, data: PreparedData, config: Config, metr
     row["test_eval_seconds"] = elapsed(started)
     # The other protocol's headline numbers too: RecBole keeps a user's earlier items among the candidates of
     # sequential models, the product removes them; one training, both comparisons.
-    flipped = not config.eval.exclude_seen
+    flipped = not list_policy(config).resolved_exclude_seen(float(model.statistics.repeat_share))
     other = config.model_copy(update={"eval": config.eval.model_copy(update={"exclude_seen": flipped})})
     other_metrics, _ = evaluate(model, data, other, TEST)
     suffix = "seen_excluded" if flipped else "seen_kept"

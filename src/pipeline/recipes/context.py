@@ -64,7 +64,7 @@ class RunContext:
     def load(self) -> PreparedData:
         with self.stage("load_prepare"):
             raw = load_data(self.config.data)
-            data = prepare(raw, self.config.data)
+            data = prepare(raw, self.config.data, self.config.eval.target_event_types)
         self.inputs = [file_fingerprint(path) for path in raw.source_files]
         if self.output.resumed:
             _check_same_inputs(self.output.file("inputs.json"), self.inputs)

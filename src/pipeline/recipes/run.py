@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.api import build, encode, evaluate, preflight, protocol, train
+from pipeline.api import build, encode, evaluate, preflight, protocol, strongest_floor, train
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, VALID
-from pipeline.models.registry import floor_config
+from pipeline.models.registry import floor_configs
 from pipeline.outputs import CHECKPOINT, save_model
 from pipeline.recipes.context import RunContext
-from pipeline.serving import catalog_record, recommendation_frame
+from pipeline.serving import catalog_record, recommendation_frame, serving_lists
 from pipeline.storage import write_table
 from pipeline.training import StopRequest
 
@@ -57,17 +57,20 @@ def run(
             history = train(model, data, config, progress, output.file(CHECKPOINT), stop)
         with context.stage("evaluate"):
             models = {config.model.name: model}
-            floor = floor_config()
-            if floor.name not in models:
-                models[floor.name] = build(floor, data, None, config.seed)
-                train(models[floor.name], data, config)
             metrics = {"protocol": protocol(data, config), "splits": {VALID: {}, TEST: {}}}
+            for floor in floor_configs(seen_items_listed=not metrics["protocol"]["exclude_seen"]):
+                if floor.name not in models:
+                    models[floor.name] = build(floor, data, None, config.seed)
+                    train(models[floor.name], data, config)
             for split in (VALID, TEST):
                 for name, candidate in models.items():
                     metrics["splits"][split][name], rankings = evaluate(candidate, data, config, split)
-                    if split == TEST and candidate is model:
+                    if split == TEST and candidate is model and config.output.users == "test":
                         test_users = data.user_ids[data.eval_cases(TEST).users]
                         recommendations = recommendation_frame(test_users, data.item_ids, rankings)
+            metrics["strongest_floor"] = strongest_floor(metrics["splits"][TEST], config, [*models][1:])
+            if config.output.users == "all":
+                recommendations = serving_lists(model, data, config)
         with context.stage("write"):
             save_model(model, output.file("model.safetensors"))
             output.write_json("catalog.json", catalog_record(data, item_embeddings))
