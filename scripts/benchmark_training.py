@@ -42,11 +42,12 @@ def train_batches(
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     started, seen_windows, seen_targets = time.perf_counter(), 0, 0
-    for step, (inputs, targets, ratings) in enumerate(window_batches(windows, batch_size, np.random.default_rng(0), device)):
+    for step, batch in enumerate(window_batches(windows, batch_size, np.random.default_rng(0), device)):
+        inputs, targets = batch[0], batch[1]
         if limit is not None and step >= limit:
             break
         with training_autocast(device, dtype):
-            loss = sum(model(inputs, targets, ratings).values())
+            loss = sum(model(*batch).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -39,7 +39,8 @@ def encode(
 
 def catalog_of(data: PreparedData, item_embeddings: np.ndarray | None) -> Catalog:
     return Catalog(
-        data.n_items, data.category_matrix(), item_embeddings, data.n_users, data.item_features, tuple(data.event_names)
+        data.n_items, data.category_matrix(), item_embeddings, data.n_users, data.item_features, tuple(data.event_names),
+        tuple(data.target_event_types or ()),
     )
 
 

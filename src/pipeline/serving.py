@@ -55,7 +55,7 @@ class StoredCatalog:
         features = None if self.item_features is None else ItemFeatures.empty(n_items, **self.item_features)
         return empty_catalog(
             n_items, len(self.category_names), self.text_embedding_width, features, tuple(self.event_names)
-        )
+        )  # the asked-for event types are a buffer of the weights
 
     @property
     def vocabulary(self) -> dict[str, list]:

@@ -49,6 +49,7 @@ class TrainingWindows:
     target_ratings: np.ndarray | None  # [windows, L]
     input_events: np.ndarray | None = None  # [windows, L] event-type codes of the inputs, when the log has types
     target_weights: np.ndarray | None = None  # [windows, L] loss weights of the targets (event type, value)
+    target_events: np.ndarray | None = None  # [windows, L] event-type codes of the targets
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -67,7 +68,7 @@ def training_windows(train: TrainView, max_length: int, stride: int | None = Non
     ratings = train.rating_sequences() if train.has_ratings else {}
     events = train.sequences("event") if train.has_event_types else {}
     weights = train.sequences("weight") if "weight" in train.events.columns else {}
-    inputs, targets, target_ratings, input_events, target_weights = [], [], [], [], []
+    inputs, targets, target_ratings, input_events, target_weights, target_events = [], [], [], [], [], []
     for user, sequence in sequences.items():
         end = len(sequence)
         while end > 1:
@@ -81,6 +82,7 @@ def training_windows(train: TrainView, max_length: int, stride: int | None = Non
                 target_ratings.append(ratings[user][start + 1 : end])
             if events:
                 input_events.append(events[user][start : end - 1])
+                target_events.append(events[user][start + 1 : end])
             if weights:
                 target_weights.append(weights[user][start + 1 : end])
             end -= stride
@@ -90,6 +92,7 @@ def training_windows(train: TrainView, max_length: int, stride: int | None = Non
         target_ratings=_pad(target_ratings, max_length, np.float32) if ratings else None,
         input_events=_pad(input_events, max_length, np.int64) if events else None,
         target_weights=_pad(target_weights, max_length, np.float32) if weights else None,
+        target_events=_pad(target_events, max_length, np.int64) if events else None,
     )
 
 
@@ -351,7 +354,7 @@ def window_batches(
     windows: TrainingWindows, batch_size: int, rng: np.random.Generator, device: torch.device, rank: int = 0, world: int = 1
 ):
     """Shuffled batches of `batch_size` windows, as tensors on `device`: (inputs, targets, target ratings, input
-    events, target weights), None for what the log does not have.
+    events, target weights, target events), None for what the log does not have.
 
     Under data parallelism every rank draws the same permutation and takes every `world`-th window of each batch, so
     `batch_size` stays the global batch and the ranks together see each window once per epoch (a final batch with
@@ -366,7 +369,10 @@ def window_batches(
         width = int((windows.inputs[rows] > 0).sum(axis=1).max())
         yield tuple(
             None if part is None else torch.from_numpy(part[rows, :width]).to(device)
-            for part in (windows.inputs, windows.targets, windows.target_ratings, windows.input_events, windows.target_weights)
+            for part in (
+                windows.inputs, windows.targets, windows.target_ratings, windows.input_events, windows.target_weights,
+                windows.target_events,
+            )
         )
 
 

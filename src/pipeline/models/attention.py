@@ -18,7 +18,7 @@ from torch import nn
 
 from pipeline.data.prepare import TrainView
 from pipeline.models.base import Catalog, ScoringModel, pad_histories
-from pipeline.models.items import event_embedding, item_representation, with_event_types
+from pipeline.models.items import event_types, item_representation
 from pipeline.models.sequence import ItemSequenceSection, log_popularity, representation_uses_text, weighted_mean
 
 # Users scored at once inside score_items: memory is users x catalog x history floats.
@@ -41,7 +41,7 @@ class TargetAttention(ScoringModel):
         width = config.hidden_size
         self.negatives = config.negatives
         self.items = item_representation(config, catalog)
-        self.event_embedding = event_embedding(config, catalog)
+        self.event_types = event_types(config, catalog)
         self.positions = nn.Embedding(config.max_length, width)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.query = nn.Linear(width, width, bias=False)
@@ -58,7 +58,8 @@ class TargetAttention(ScoringModel):
 
     def _history(self, inputs: torch.Tensor, items: torch.Tensor, input_events: torch.Tensor | None) -> torch.Tensor:
         positions = self.positions(torch.arange(inputs.shape[1], device=inputs.device))
-        return self.dropout(with_event_types(items[inputs], self.event_embedding, input_events) + positions)
+        vectors = items[inputs] if self.event_types is None else self.event_types.add_to_inputs(items[inputs], input_events)
+        return self.dropout(vectors + positions)
 
     def _attend(self, history: torch.Tensor, candidates: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """history [B, L, d], candidates [B, ..., d], visible [B, ..., L] -> scores [B, ...] (without bias)."""
@@ -73,6 +74,7 @@ class TargetAttention(ScoringModel):
     def forward(
         self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None,
         input_events: torch.Tensor | None = None, target_weights: torch.Tensor | None = None,
+        target_events: torch.Tensor | None = None,
     ):
         """The training loss parts of a batch of windows (see `training.fit`)."""
         items = self.items(self.statistics.item_counts)

@@ -51,6 +51,7 @@ class Catalog:
     n_users: int = 0
     item_features: ItemFeatures | None = None
     event_names: tuple[str, ...] = ()
+    target_event_names: tuple[str, ...] = ()  # eval.target_event_types: what a list is asked to predict
 
     @property
     def n_categories(self) -> int:

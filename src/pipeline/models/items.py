@@ -92,19 +92,61 @@ def item_representation(config: ModelSection, catalog: Catalog) -> ItemRepresent
     return ItemRepresentation(catalog.text_embeddings_or_zeros(), config.hidden_size, config.item_representation, features)
 
 
-def event_embedding(config: ModelSection, catalog: Catalog) -> nn.Embedding | None:
-    """One learned vector per event type (code 0, unknown or padding, stays zero); None without event types."""
+class EventTypes(nn.Module):
+    """The event types of a sequence model: a learned vector per type added to each history position's item, and a
+    learned "asked for" vector per type added to the state that predicts the next item.
+
+    Training adds each target's own type, so the model learns what a next purchase looks like apart from a next
+    view; scoring adds the mean vector of the evaluation's target types (`eval.target_event_types`, saved as the
+    `asked` buffer so serving asks the same; none: nothing is added).
+    """
+
+    def __init__(self, n_types: int, width: int, asked: list[int]):
+        super().__init__()
+        self.inputs = nn.Embedding(n_types + 1, width, padding_idx=0)
+        nn.init.normal_(self.inputs.weight, std=0.02)
+        self.targets = nn.Embedding(n_types + 1, width, padding_idx=0)
+        nn.init.zeros_(self.targets.weight)  # starts as "any next event"
+        with torch.no_grad():
+            self.inputs.weight[0].zero_()
+        weights = torch.zeros(n_types + 1)
+        weights[asked] = 1.0 / max(1, len(asked))
+        self.register_buffer("asked", weights)
+        # Score offset of an item already in the history, per event type of each of its occurrences, fading with
+        # the occurrence's age (a decay factor per type and position): "carted 2 events ago" is a strong signal of
+        # a purchase, "viewed 40 events ago" a weak one.
+        self.repeat_bias = nn.Parameter(torch.zeros(n_types + 1))
+        self.repeat_decay = nn.Parameter(torch.full((n_types + 1,), 2.0))
+
+    def occurrence_bias(self, events: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        """Score offset contributed by history occurrences of the given event types and ages (0: newest)."""
+        decay = torch.sigmoid(self.repeat_decay[events])
+        return self.repeat_bias[events] * decay.pow(ages.to(decay.dtype))
+
+    def history_bias(self, histories: list[np.ndarray], events: list[np.ndarray], n_columns: int, length: int) -> torch.Tensor:
+        """[users, n_columns]: the summed occurrence biases of each user's last `length` history positions."""
+        device = self.repeat_bias.device
+        bias = torch.zeros(len(histories), n_columns, device=device)
+        for row, (history, codes) in enumerate(zip(histories, events)):
+            items = torch.as_tensor(history[-length:], dtype=torch.long, device=device)
+            codes = torch.as_tensor(codes[-length:], dtype=torch.long, device=device)
+            ages = torch.arange(len(items) - 1, -1, -1, device=device)
+            bias[row].index_add_(0, items, self.occurrence_bias(codes, ages))
+        bias[:, 0] = 0
+        return bias
+
+    def add_to_inputs(self, items: torch.Tensor, events: torch.Tensor | None) -> torch.Tensor:
+        return items if events is None else items + self.inputs(events)
+
+    def add_to_states(self, states: torch.Tensor, target_events: torch.Tensor | None = None) -> torch.Tensor:
+        if target_events is not None:
+            return states + self.targets(target_events)
+        return states + (self.asked @ self.targets.weight).to(states.dtype)
+
+
+def event_types(config: ModelSection, catalog: Catalog) -> EventTypes | None:
+    """The model's event-type part, or None without event types (no column, or `model.event_types: false`)."""
     if not (config.event_types and catalog.event_names):
         return None
-    embedding = nn.Embedding(len(catalog.event_names) + 1, config.hidden_size, padding_idx=0)
-    nn.init.normal_(embedding.weight, std=0.02)
-    with torch.no_grad():
-        embedding.weight[0].zero_()
-    return embedding
-
-
-def with_event_types(items: torch.Tensor, embedding: nn.Embedding | None, events: torch.Tensor | None) -> torch.Tensor:
-    """[batch, L, width] item vectors plus their positions' event-type vectors (unchanged without types)."""
-    if embedding is None or events is None:
-        return items
-    return items + embedding(events)
+    asked = [catalog.event_names.index(name) + 1 for name in catalog.target_event_names]
+    return EventTypes(len(catalog.event_names), config.hidden_size, asked)

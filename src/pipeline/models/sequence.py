@@ -23,7 +23,7 @@ from torch import nn
 
 from pipeline.data.prepare import TrainView
 from pipeline.models.base import Catalog, Recommender, pad_histories
-from pipeline.models.items import event_embedding, item_representation, with_event_types
+from pipeline.models.items import event_types, item_representation
 from pipeline.ranking import history_mask
 from pipeline.schema import ModelSection, Section
 
@@ -181,7 +181,7 @@ class SequenceRecommender(Recommender):
         self.loss = config.loss
         self.future_items = config.loss.future_items
         self.items = item_representation(config, catalog)
-        self.event_embedding = event_embedding(config, catalog)
+        self.event_types = event_types(config, catalog)
         self.backbone = self.build_backbone(config)
         self.item_bias = nn.Parameter(torch.zeros(n_rows))
         # Learned score offset for items already in the user's history: how likely people are to come back to an
@@ -216,24 +216,30 @@ class SequenceRecommender(Recommender):
     ) -> torch.Tensor:
         """Backbone state after every position of right-padded item indices [batch, L] -> [batch, L, width]."""
         items = self.item_representations() if items is None else items
+        vectors = items[inputs] if self.event_types is None else self.event_types.add_to_inputs(items[inputs], input_events)
         # Each backbone drops out its own input once (a second dropout here would hide 1 - (1 - p)^2 of it).
-        return self.backbone(with_event_types(items[inputs], self.event_embedding, input_events))
+        return self.backbone(vectors)
 
     def forward(
         self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None,
         input_events: torch.Tensor | None = None, target_weights: torch.Tensor | None = None,
+        target_events: torch.Tensor | None = None,
     ):
         """The training loss parts of a batch of windows (see `training.fit`)."""
         items = self.items(self.statistics.item_counts, self.id_dropout if self.training else 0.0)
         mask = targets > 0
         weights = None if target_weights is None else target_weights[mask]
         states = self.states(inputs, items, input_events)[mask]
+        if self.event_types is not None and target_events is not None:
+            states = self.event_types.add_to_states(states, target_events[mask])
         next_items = targets[mask]
         # Items without training events are never targets: as negatives they would only learn "never chosen", which
         # buries them at scoring time, where they take their text neighbours' rows instead (padding is one of them).
         biases = self.item_bias.masked_fill(self.statistics.item_counts == 0, float("-inf"))
         # [targets, catalog] is the largest tensor of a step: written once by addmm, then only changed in place.
-        logits = self._add_repeat_bias(torch.addmm(biases.to(states.dtype), states, items.T.to(states.dtype)), inputs, mask)
+        logits = self._add_repeat_bias(
+            torch.addmm(biases.to(states.dtype), states, items.T.to(states.dtype)), inputs, mask, input_events
+        )
         parts = {"item": weighted_cross_entropy(logits, next_items, weights)}
         if self.future_items:
             parts["future"] = self._future_loss(logits, targets, mask)
@@ -252,8 +258,11 @@ class SequenceRecommender(Recommender):
         losses = (normaliser - logits.gather(1, later).float()).masked_fill(~present, 0.0)
         return losses.sum() / present.sum().clamp(min=1)
 
-    def _add_repeat_bias(self, logits: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Add the repeat bias at (position, item) for every item at or before that position in its window."""
+    def _add_repeat_bias(
+        self, logits: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor, input_events: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Add the repeat bias at (position, item) for every item at or before that position in its window (and,
+        with event types, each earlier occurrence's own bias by its type and age)."""
         batch, length = inputs.shape
         later, earlier = torch.tril_indices(length, length, device=inputs.device)
         # Row of each masked position among the logits' rows (-1 for positions without a target).
@@ -266,6 +275,9 @@ class SequenceRecommender(Recommender):
         flat = torch.unique(pair_rows[keep] * logits.shape[1] + pair_items[keep])
         bias = self.repeat_bias.to(logits.dtype).expand(len(flat))  # logits are bf16 under autocast
         logits.view(-1).index_add_(0, flat, bias)
+        if self.event_types is not None and input_events is not None:
+            occurrences = self.event_types.occurrence_bias(input_events[:, earlier].reshape(-1)[keep], (later - earlier).repeat(batch)[keep])
+            logits.view(-1).index_add_(0, pair_rows[keep] * logits.shape[1] + pair_items[keep], occurrences.to(logits.dtype))
         return logits
 
     def _rating(self, states: torch.Tensor, item_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -277,12 +289,16 @@ class SequenceRecommender(Recommender):
         inputs, lengths = pad_histories(histories, self.max_length, device)
         input_events = None if events is None else pad_histories(events, self.max_length, device)[0]
         states = self.states(inputs, input_events=input_events)
-        return states[torch.arange(len(histories), device=device), (lengths - 1).clamp(min=0)]
+        last = states[torch.arange(len(histories), device=device), (lengths - 1).clamp(min=0)]
+        return last if self.event_types is None else self.event_types.add_to_states(last)
 
     def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         scores = self.user_states(histories, events) @ self.item_representations().T + self.item_biases()
         # The learned repeat bias: how likely people are to come back to an item they already have.
-        return scores + self.repeat_bias * history_mask(histories, scores.shape[1], scores.device)
+        scores = scores + self.repeat_bias * history_mask(histories, scores.shape[1], scores.device)
+        if self.event_types is not None and events is not None:
+            scores = scores + self.event_types.history_bias(histories, events, scores.shape[1], self.max_length)
+        return scores
 
     def predict_category(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         return self.category_head(self.user_states(histories, events))

@@ -50,7 +50,7 @@ from pipeline.recipes.nightly.records import (
     remove_old_nights,
     summary_markdown,
 )
-from pipeline.serving import catalog_record, read_catalog, recommendation_frame
+from pipeline.serving import catalog_record, read_catalog, serving_lists
 from pipeline.storage import file_fingerprint, follow, point, write_json_atomic, write_table
 from pipeline.training import StopRequest, TrainingDiverged
 
@@ -134,12 +134,12 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
         with context.stage("train"):
             challenger, training, history = _train_challenger(config, data, item_embeddings, champion, progress, stop, selection)
         with context.stage("evaluate"):
-            challenger_metrics, challenger_rankings = _evaluate_windows(challenger, data, config, gate)
-            champion_metrics, champion_rankings = {}, None
+            challenger_metrics = _evaluate_windows(challenger, data, config, gate)
+            champion_metrics, champion_model = {}, None
             if champion is not None:
                 try:  # NaN weights surface here as NonFiniteScores, itself bad input
                     champion_model = _champion_for_tonight(champion, data, config, item_embeddings)
-                    champion_metrics, champion_rankings = _evaluate_windows(champion_model, data, config, gate)
+                    champion_metrics = _evaluate_windows(champion_model, data, config, gate)
                 except PipelineInputError as err:
                     champion_problem, champion_metrics = f"champion unusable: {err}", {}
                     log.warning("%s; tonight's challenger will be promoted", champion_problem)
@@ -149,9 +149,9 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
             previous = _previous_profiles(root, state)
             profiles = interest_profiles(data, config.nightly.profile_half_life_days, config.nightly.profile_top_categories, previous)
         with context.stage("write"):
-            serving_rankings = challenger_rankings if decision["promote"] else champion_rankings
-            test_users = data.user_ids[data.eval_cases(TEST).users]
-            write_table(recommendation_frame(test_users, data.item_ids, serving_rankings), output.file("recommendations.parquet"))
+            # Tomorrow's lists: every user, from the whole log, by the model that serves.
+            serving_model = challenger if decision["promote"] else champion_model
+            write_table(serving_lists(serving_model, data, config), output.file("recommendations.parquet"))
             write_table(profiles, output.file("profiles.parquet"))
             save_model(challenger, output.file("model.safetensors"))
             output.write_json("catalog.json", catalog_record(data, item_embeddings))
@@ -341,11 +341,11 @@ def split_validation(data: PreparedData) -> tuple[EvalCases, EvalCases]:
     return cases.subset(np.flatnonzero(~in_gate)), cases.subset(np.flatnonzero(in_gate))
 
 
-def _evaluate_windows(model, data: PreparedData, config: Config, gate: EvalCases) -> tuple[dict, object]:
-    """{window: metrics} on the gate and test windows, and the test window's rankings (tonight's lists)."""
+def _evaluate_windows(model, data: PreparedData, config: Config, gate: EvalCases) -> dict:
+    """{window: metrics} on the gate and test windows."""
     gate_metrics, _ = evaluate(model, data, config, VALID, cases=gate)
-    test_metrics, test_rankings = evaluate(model, data, config, TEST)
-    return {GATE: gate_metrics, TEST: test_metrics}, test_rankings
+    test_metrics, _ = evaluate(model, data, config, TEST)
+    return {GATE: gate_metrics, TEST: test_metrics}
 
 
 def decide(config: Config, challenger: dict, champion: dict | None, champion_problem: str | None = None) -> dict:
