@@ -2,9 +2,9 @@
 
 Items: SKUs with a brand, a category path `Top > Middle > Leaf`, a list price (some missing) and a stock flag; a
 tenth of the catalogue is never touched. Users keep to two leaf categories and two brands. In each session they view
-a few items (mostly from their own leaves and brands), add some to the cart and buy most carted items, in the session or at the
-start of a later one; some buy an item of their own leaf and brand outright (the popular ones more often); some re-buy a staple. A few events
-are on SKUs missing from the catalogue. So the next purchase is predictable three ways: carted and not yet bought
+a few items (mostly from their own leaves and brands) and add some to the cart; at the session's end they check out
+most of the cart (what stays may be bought in a later session). Some buy an item of their own leaf and brand
+outright (the popular ones more often); some re-buy a staple. A few events are on SKUs missing from the catalogue. So the next purchase is predictable three ways: carted and not yet bought
 (the event type says so), a repeat (the user's own items), and taste (category and brand, for items not yet seen).
 
 Events are written as Parquet with timezone-aware timestamps and as JSONL with ISO-8601 strings whose UTC offsets
@@ -82,27 +82,24 @@ def generate(users: int = 1000, items: int = 800, seed: int = 0) -> tuple[pd.Dat
 
         for _ in range(3 + rng.poisson(4)):
             time += int(3600 * (rng.exponential(72) + 1))
-            if carted and rng.random() < 0.5:  # back to buy what was left in the cart
-                emit(carted.pop(), "purchase")
             if staple is not None and rng.random() < 0.3:
                 emit(staple, "view")
                 emit(staple, "purchase")
-            viewed = []
             for _ in range(1 + rng.poisson(2.5)):
                 draw = rng.random()
                 pool = own_taste if draw < 0.35 and len(own_taste) else own_leaf if draw < 0.7 and len(own_leaf) else touched
                 item = popular_in(pool)
                 emit(item, "view")
-                viewed.append(item)
-            for item in dict.fromkeys(viewed):
-                if rng.random() < 0.3:
+                if item not in carted and rng.random() < 0.3:
                     emit(item, "add_to_cart")
-                    if rng.random() < 0.6:
-                        emit(item, "purchase")
-                    else:
-                        carted.append(item)
+                    carted.append(item)
             if rng.random() < 0.35 and len(own_taste):
                 emit(popular_in(own_taste), "purchase")
+            # Checkout at the session's end: most of the cart, this session's or left from an earlier one.
+            for item in list(carted):
+                if rng.random() < 0.7:
+                    emit(item, "purchase")
+                    carted.remove(item)
     events = pd.DataFrame(rows, columns=["user", "item", "event_type", "ts", "price_paid"])
     unknown = rng.random(len(events)) < 0.01
     sku = table["sku"].to_numpy()[events["item"].to_numpy()].astype(object)

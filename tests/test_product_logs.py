@@ -164,7 +164,7 @@ def test_bad_recommendable_filters_are_refused(tmp_path):
     events, items = shop_files(tmp_path)
     with pytest.raises(PipelineInputError, match=r"data\.items\.recommendable"):
         shop_config(events, items, items={"recommendable": "stock >> 0"})
-    with pytest.raises(PipelineInputError, match=r"'stock' value 3 is not true/false"):
+    with pytest.raises(PipelineInputError, match=r"items\.csv: row 1: 'stock' value '3' is not true/false"):
         load_data(shop_config(events, items, items={"recommendable": "stock"}).data)
 
 
@@ -211,10 +211,10 @@ def test_recent_items_and_covisitation_score_as_computed_by_hand(tmp_path):
 
     covisit = pipeline.api.build(load_config({**config.to_dict(), "model": {"name": "covisitation", "window": 1}}).model, data, None, 0)
     covisit.fit_statistics(data.train_view())
-    # Training pairs one step apart within a session: a 1->1 (cart, weight 2), b 1->2, b 2->3 (views, weight 1).
-    # From item 1: 1 (2/3), 2 (1/3).
+    # Training events (every type a target: each user's last two are valid/test): a: view 1, cart 1, purchase 1,
+    # view 2; b: view 1. Pairs one step apart: 1->1 (cart, weight 2), 1->1 (purchase, 4), 1->2 (view, 1).
     after_one = dict(zip(covisit.neighbour_items[item["1"]].tolist(), covisit.neighbour_weights[item["1"]].tolist()))
-    assert after_one[item["1"]] == pytest.approx(2 / 3) and after_one[item["2"]] == pytest.approx(1 / 3)
+    assert after_one[item["1"]] == pytest.approx(6 / 7) and after_one[item["2"]] == pytest.approx(1 / 7)
 
 
 def load_generator():

@@ -152,7 +152,7 @@ FILTER_OPERATORS = ("==", "!=", ">=", "<=", ">", "<")
 def candidate_filter(expression: str) -> tuple[str, str | None, str | None]:
     """(column, operator, value) of a `recommendable` expression; operator and value are None for a plain boolean
     column. Parsed, never evaluated."""
-    match = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_ ]*?)\s*(?:(==|!=|>=|<=|>|<)\s*(.+?))?\s*", expression)
+    match = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_ ]*?)\s*(?:(==|!=|>=|<=|>|<)\s*([^=!<>\s].*?))?\s*", expression)
     if match is None:
         raise ValueError(
             f"{shorten(expression)} is neither a column name nor `column <op> value` with op one of {' '.join(FILTER_OPERATORS)}"

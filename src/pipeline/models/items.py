@@ -93,12 +93,14 @@ def item_representation(config: ModelSection, catalog: Catalog) -> ItemRepresent
 
 
 class EventTypes(nn.Module):
-    """The event types of a sequence model: a learned vector per type added to each history position's item, and a
-    learned "asked for" vector per type added to the state that predicts the next item.
+    """The event types of a sequence model: a learned vector per type added to each history position's item, a
+    learned "asked for" vector per type added to the state that predicts the next item, and a score offset for items
+    already in the history by the type of the event asked for, the type of each earlier occurrence and its age.
 
-    Training adds each target's own type, so the model learns what a next purchase looks like apart from a next
-    view; scoring adds the mean vector of the evaluation's target types (`eval.target_event_types`, saved as the
-    `asked` buffer so serving asks the same; none: nothing is added).
+    Training uses each target's own type, so the model learns what a next purchase looks like apart from a next view
+    ("carted two events ago" is a strong sign of the next purchase, a weak one of the next view). Scoring asks for the
+    evaluation's target types (`eval.target_event_types`), or without them for the types in their training shares;
+    the `asked` buffer is saved with the weights, so serving asks the same.
     """
 
     def __init__(self, n_types: int, width: int, asked: list[int]):
@@ -109,29 +111,44 @@ class EventTypes(nn.Module):
         nn.init.zeros_(self.targets.weight)  # starts as "any next event"
         with torch.no_grad():
             self.inputs.weight[0].zero_()
-        weights = torch.zeros(n_types + 1)
-        weights[asked] = 1.0 / max(1, len(asked))
-        self.register_buffer("asked", weights)
-        # Score offset of an item already in the history, per event type of each of its occurrences, fading with
-        # the occurrence's age (a decay factor per type and position): "carted 2 events ago" is a strong signal of
-        # a purchase, "viewed 40 events ago" a weak one.
-        self.repeat_bias = nn.Parameter(torch.zeros(n_types + 1))
-        self.repeat_decay = nn.Parameter(torch.full((n_types + 1,), 2.0))
+        self.asked_types = asked
+        self.register_buffer("asked", torch.zeros(n_types + 1))
+        self.ask(asked)
+        # [asked type, occurrence type]: the offset and its decay factor per position of age.
+        self.repeat_bias = nn.Parameter(torch.zeros(n_types + 1, n_types + 1))
+        self.repeat_decay = nn.Parameter(torch.full((n_types + 1, n_types + 1), 2.0))
 
-    def occurrence_bias(self, events: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
-        """Score offset contributed by history occurrences of the given event types and ages (0: newest)."""
-        decay = torch.sigmoid(self.repeat_decay[events])
-        return self.repeat_bias[events] * decay.pow(ages.to(decay.dtype))
+    def ask(self, types: list[int], shares: torch.Tensor | None = None) -> None:
+        with torch.no_grad():
+            self.asked.zero_()
+            if types:
+                self.asked[types] = 1.0 / len(types)
+            elif shares is not None:
+                self.asked.copy_(shares / shares.sum().clamp(min=1))
+
+    def fit(self, target_events: torch.Tensor) -> None:
+        """Without asked-for types, ask for every type in its share of the training targets."""
+        if not self.asked_types:
+            self.ask([], torch.bincount(target_events, minlength=len(self.asked)).float())
+
+    def occurrence_bias(self, asked: torch.Tensor, events: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        """Score offset of history occurrences of types `events` and `ages` (0: newest) when the next event is of
+        type `asked` (codes, or [types] weights at scoring)."""
+        decay = torch.sigmoid(self.repeat_decay)
+        if asked.dtype.is_floating_point:  # a mixture of asked types
+            bias, decay = asked @ self.repeat_bias, asked @ decay
+            return bias[events] * decay[events].pow(ages.to(decay.dtype))
+        return self.repeat_bias[asked, events] * decay[asked, events].pow(ages.to(decay.dtype))
 
     def history_bias(self, histories: list[np.ndarray], events: list[np.ndarray], n_columns: int, length: int) -> torch.Tensor:
         """[users, n_columns]: the summed occurrence biases of each user's last `length` history positions."""
         device = self.repeat_bias.device
         bias = torch.zeros(len(histories), n_columns, device=device)
         for row, (history, codes) in enumerate(zip(histories, events)):
-            items = torch.as_tensor(history[-length:], dtype=torch.long, device=device)
-            codes = torch.as_tensor(codes[-length:], dtype=torch.long, device=device)
+            items = torch.tensor(history[-length:], dtype=torch.long, device=device)
+            codes = torch.tensor(codes[-length:], dtype=torch.long, device=device)
             ages = torch.arange(len(items) - 1, -1, -1, device=device)
-            bias[row].index_add_(0, items, self.occurrence_bias(codes, ages))
+            bias[row].index_add_(0, items, self.occurrence_bias(self.asked, codes, ages))
         bias[:, 0] = 0
         return bias
 

@@ -204,6 +204,8 @@ class SequenceRecommender(Recommender):
         # sequence signal is learned on top instead of first relearning how popular each item is.
         with torch.no_grad():
             self.item_bias.copy_(log_popularity(self.statistics.item_counts))
+        if self.event_types is not None and train.has_event_types:
+            self.event_types.fit(torch.from_numpy(train.events["event"].to_numpy(copy=True)))
 
     def item_representations(self) -> torch.Tensor:
         return self.items(self.statistics.item_counts)
@@ -238,7 +240,7 @@ class SequenceRecommender(Recommender):
         biases = self.item_bias.masked_fill(self.statistics.item_counts == 0, float("-inf"))
         # [targets, catalog] is the largest tensor of a step: written once by addmm, then only changed in place.
         logits = self._add_repeat_bias(
-            torch.addmm(biases.to(states.dtype), states, items.T.to(states.dtype)), inputs, mask, input_events
+            torch.addmm(biases.to(states.dtype), states, items.T.to(states.dtype)), inputs, mask, input_events, target_events
         )
         parts = {"item": weighted_cross_entropy(logits, next_items, weights)}
         if self.future_items:
@@ -259,7 +261,8 @@ class SequenceRecommender(Recommender):
         return losses.sum() / present.sum().clamp(min=1)
 
     def _add_repeat_bias(
-        self, logits: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor, input_events: torch.Tensor | None = None
+        self, logits: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor, input_events: torch.Tensor | None = None,
+        target_events: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Add the repeat bias at (position, item) for every item at or before that position in its window (and,
         with event types, each earlier occurrence's own bias by its type and age)."""
@@ -275,8 +278,11 @@ class SequenceRecommender(Recommender):
         flat = torch.unique(pair_rows[keep] * logits.shape[1] + pair_items[keep])
         bias = self.repeat_bias.to(logits.dtype).expand(len(flat))  # logits are bf16 under autocast
         logits.view(-1).index_add_(0, flat, bias)
-        if self.event_types is not None and input_events is not None:
-            occurrences = self.event_types.occurrence_bias(input_events[:, earlier].reshape(-1)[keep], (later - earlier).repeat(batch)[keep])
+        if self.event_types is not None and input_events is not None and target_events is not None:
+            asked = target_events[mask][pair_rows[keep]]
+            occurrences = self.event_types.occurrence_bias(
+                asked, input_events[:, earlier].reshape(-1)[keep], (later - earlier).repeat(batch)[keep]
+            )
             logits.view(-1).index_add_(0, pair_rows[keep] * logits.shape[1] + pair_items[keep], occurrences.to(logits.dtype))
         return logits
 

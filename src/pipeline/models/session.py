@@ -34,7 +34,7 @@ def event_weights_of(events: list[np.ndarray] | None, histories: list[np.ndarray
     """Per history position, the weight of its event type (1 without event types)."""
     if events is None:
         return [torch.ones(len(history)) for history in histories]
-    return [weights[torch.as_tensor(codes, dtype=torch.long)] for codes in events]
+    return [weights[torch.tensor(codes, dtype=torch.long)] for codes in events]
 
 
 class RecentItems(ScoringModel):
@@ -53,7 +53,7 @@ class RecentItems(ScoringModel):
     def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         scores = torch.zeros(len(histories), self.n_items + 1)
         for row, (history, weights) in enumerate(zip(histories, event_weights_of(events, histories, self.event_type_weights))):
-            recent, weights = torch.as_tensor(history[-self.max_length :], dtype=torch.long), weights[-self.max_length :]
+            recent, weights = torch.tensor(history[-self.max_length :], dtype=torch.long), weights[-self.max_length :]
             ages = torch.arange(len(recent) - 1, -1, -1, dtype=torch.float32)
             scores[row].index_add_(0, recent, weights.float() * torch.pow(0.5, ages / self.half_life))
         scores[:, 0] = 0
