@@ -102,6 +102,13 @@ def test_the_registry_refuses_what_breaks_the_contract(last_category):
     with pytest.raises(TypeError, match="does not implement score_items, predict_category, predict_rating"):
         register(NoScores)
 
+    class OldSignature(LastCategory):
+        def score_items(self, histories):
+            return super().score_items(histories)
+
+    with pytest.raises(TypeError, match="score_items must take `events`"):
+        register(OldSignature)
+
     class NotARecommender(torch.nn.Module):
         config_class = LastCategoryConfig
 

@@ -165,12 +165,12 @@ def test_a_challenger_better_only_on_test_is_not_promoted(night_config, tmp_path
     calls = []
 
     def challenger_worse_on_gate_better_on_test(model, data, night_config, gate):
-        metrics, rankings = evaluate_windows(model, data, night_config, gate)
+        metrics = evaluate_windows(model, data, night_config, gate)
         calls.append(model)
         if len(calls) == 1:  # the challenger is evaluated first
             metrics["gate"] = {**metrics["gate"], "ndcg@50": 0.0}
             metrics["test"] = {**metrics["test"], "ndcg@50": 1.0}
-        return metrics, rankings
+        return metrics
 
     monkeypatch.setattr(night, "_evaluate_windows", challenger_worse_on_gate_better_on_test)
     second = nightly(config)

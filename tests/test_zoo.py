@@ -119,7 +119,7 @@ def test_compare_writes_one_leaderboard(tiny_config):
     result = pipeline.compare(tiny_config)
     board = result.leaderboard
     expected = {
-        "popularity", "popularity_recent", "item_cf", "user_cf", "tfidf_content", "bert_content", "gru_text",
+        "popularity", "covisitation", "popularity_recent", "item_cf", "user_cf", "tfidf_content", "bert_content", "gru_text",
         "logistic_regression", "random_forest", "target_attention", "fusion(item_cf+bert_content)",
         "fusion(item_cf+user_cf+bert_content)",
     }

@@ -139,6 +139,9 @@ def _run(args) -> int:
     k = result.config.eval.select_k
     for name, values in test.items():
         print(f"{name:>12}  test ndcg@{k} {values[f'ndcg@{k}']:.4f}  hit_rate@{k} {values[f'hit_rate@{k}']:.4f}")
+    floor = result.metrics.get("strongest_floor")
+    if floor and floor["model_over_floor"] is not None:
+        print(f"strongest floor: {floor['model']}; the model is {floor['model_over_floor']:.2f}x its {floor['metric']}")
     print(result.run_dir)
     return EXIT_OK
 

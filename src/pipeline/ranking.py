@@ -4,7 +4,7 @@ Models return raw scores over the catalog; the ranker decides what a list may ho
 - padding (item 0) is never a candidate, nor an item `data.items.recommendable` rules out, nor (with
   `output.exclude_untrained`) an item without training events that the model cannot score from its text;
 - seen items: with `eval.exclude_seen` a user's history items are removed (`auto`: when the training log's repeat
-  share is below `REPEAT_SHARE_FLOOR`, i.e. people do not come back); otherwise, where the training log shows
+  share is below `AUTO_EXCLUDE_BELOW`); otherwise, where the training log shows
   that people do not come back (repeat share below `REPEAT_SHARE_FLOOR`), they are moved below every unseen item
   (order among them kept), so a user's own items, which score highest by similarity in most models, cannot fill the
   list; where people do repeat, the model's own scores (e.g. a learned repeat bias) decide;
@@ -26,6 +26,9 @@ from pipeline.errors import PipelineInputError
 # Below this share of training events that return to an item already in the user's history, people are taken not to
 # come back (MovieLens: 0, nobody rates a movie twice).
 REPEAT_SHARE_FLOOR = 0.01
+# `eval.exclude_seen: auto` removes seen items below this repeat share: a list without them then misses at most about
+# that share of next events, while models that do not learn repeats are spared a list full of the user's own items.
+AUTO_EXCLUDE_BELOW = 0.10
 
 # Scores held at once (users x catalog) while ranking: bounds memory whatever the catalog size (~12 bytes each with
 # the masks, so ~400 MB); with a million items a chunk is 32 users.
@@ -68,7 +71,7 @@ class ListPolicy:
 
     def resolved_exclude_seen(self, repeat_share: float) -> bool:
         if self.exclude_seen == "auto":
-            return float(repeat_share) < REPEAT_SHARE_FLOOR
+            return float(repeat_share) < AUTO_EXCLUDE_BELOW
         return bool(self.exclude_seen)
 
 

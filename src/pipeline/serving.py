@@ -137,7 +137,8 @@ class LoadedRun:
             histories.append(group["item_index"].to_numpy(dtype=np.int64))
             if "event" in group:
                 history_events.append(group["event"].to_numpy(dtype=np.int64))
-        lonely = [user for user in all_users if user not in set(users)]
+        with_history = set(users)
+        lonely = [user for user in all_users if user not in with_history]
         use_fallback = self.config.output.fallback == "popular"
         if not users and not (lonely and use_fallback):
             raise PipelineInputError("no events on known items: nothing to recommend from")

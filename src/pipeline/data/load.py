@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import DataConfig, InteractionsConfig, ItemsConfig, TagsConfig, candidate_filter
+from pipeline.config_data import DataConfig, InteractionsConfig, ItemsConfig, TagsConfig, candidate_filter
 from pipeline.errors import PipelineInputError, shorten
 
 log = logging.getLogger("pipeline")

@@ -6,6 +6,7 @@ A new model is one file (its `Recommender` subclass with its `config_class`) and
 from __future__ import annotations
 
 import difflib
+import inspect
 
 import numpy as np
 import torch
@@ -37,6 +38,11 @@ def register(model_class: type[Recommender]) -> type[Recommender]:
     missing = [method for method in CONTRACT_METHODS if getattr(model_class, method) is getattr(Recommender, method)]
     if missing:
         raise TypeError(f"{model_class.__name__}: does not implement {', '.join(missing)}")
+    without_events = [
+        method for method in CONTRACT_METHODS if "events" not in inspect.signature(getattr(model_class, method)).parameters
+    ]
+    if without_events:
+        raise TypeError(f"{model_class.__name__}: {', '.join(without_events)} must take `events` (see models.base)")
     if name in MODELS and MODELS[name] is not model_class:
         raise ValueError(f"model name {name!r} is taken by {MODELS[name].__name__}")
     MODELS[name] = model_class
