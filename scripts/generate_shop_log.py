@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.storage import write_atomic, write_table
+
 TOPS = {
     "Electronics": {"Audio": ["Headphones", "Speakers", "Cables"], "Computing": ["Laptops", "Mice", "Keyboards"]},
     "Home": {"Kitchen": ["Knives", "Pans", "Kettles"], "Garden": ["Hoses", "Seeds", "Tools"]},
@@ -95,7 +97,7 @@ def generate(users: int = 1000, items: int = 800, seed: int = 0) -> tuple[pd.Dat
                     carted.append(item)
             if rng.random() < 0.35 and len(own_taste):
                 emit(popular_in(own_taste), "purchase")
-            # Checkout at the session's end: most of the cart, this session's or left from an earlier one.
+            # Checkout at the end of the visit: most of the cart, whether carted now or on an earlier visit.
             for item in list(carted):
                 if rng.random() < 0.7:
                     emit(item, "purchase")
@@ -120,16 +122,16 @@ def write(out: Path, users: int, items: int, seed: int, formats: tuple[str, ...]
     """items.csv, and events.parquet (timezone-aware times) and/or events.jsonl (ISO strings, mixed offsets)."""
     events, table = generate(users, items, seed)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "items.csv", index=False)
+    write_table(table, out / "items.csv")
     if "parquet" in formats:
-        events.to_parquet(out / "events.parquet", index=False)
+        write_table(events, out / "events.parquet")
     if "jsonl" in formats:
         offsets = np.random.default_rng(seed + 1).choice(OFFSETS, size=len(events))
         local = [
             (time + pd.Timedelta(hours=_hours(offset))).strftime("%Y-%m-%dT%H:%M:%S") + offset
             for time, offset in zip(events["ts"], offsets)
         ]
-        events.assign(ts=local).to_json(out / "events.jsonl", orient="records", lines=True)
+        write_atomic(out / "events.jsonl", events.assign(ts=local).to_json(orient="records", lines=True))
 
 
 def _hours(offset: str) -> float:
