@@ -203,7 +203,8 @@ def recommend(run_dir: str | Path, events_path: str | Path, top_k: int | None = 
     # Who did what when makes a list, with the event type where the run read types: ratings, values and the type
     # column may be absent from the events file.
     path = Path(events_path).resolve()
-    event = source.columns.event if source.columns.event in read_table(path, source.format).columns else None
+    reads_types = bool(loaded.event_names) and source.columns.event in read_table(path, source.format).columns
+    event = source.columns.event if reads_types else None
     columns = source.columns.model_copy(update={"rating": None, "event": event, "value": None})
     interactions = source.model_copy(update={
         "path": str(path), "columns": columns, "event_types": None, "event_weights": None, "weight_by_value": False,

@@ -257,7 +257,7 @@ def _collapse_repeats(events: pd.DataFrame, type_weights: dict[str, float]) -> p
     starts = np.ones(len(events), dtype=bool)
     starts[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
     run = np.cumsum(starts)
-    strength = events["event"].map(lambda name: type_weights.get(name, 1.0)).to_numpy() if "event" in events else np.ones(len(events))
+    strength = _type_weight_per_event(events, type_weights)
     # Within a run: highest strength, ties to the latest row.
     order = np.lexsort((np.arange(len(events)), strength, run))
     last_of_run = np.ones(len(order), dtype=bool)
@@ -267,9 +267,16 @@ def _collapse_repeats(events: pd.DataFrame, type_weights: dict[str, float]) -> p
     return events.iloc[kept]
 
 
+def _type_weight_per_event(events: pd.DataFrame, type_weights: dict[str, float]) -> np.ndarray:
+    """`data.interactions.event_weights` of each event's type (1 for types not listed, and without a type column)."""
+    if "event" not in events or not type_weights:
+        return np.ones(len(events))
+    return events["event"].map(type_weights).fillna(1.0).to_numpy(dtype=np.float64)
+
+
 def _event_weights(events: pd.DataFrame, type_weights: dict[str, float], by_value: bool) -> np.ndarray:
     """Training weight per event: its type's weight, times its value over the mean training value."""
-    weights = events["event"].map(lambda name: type_weights.get(name, 1.0)).to_numpy(dtype=np.float64) if type_weights else np.ones(len(events))
+    weights = _type_weight_per_event(events, type_weights)
     if by_value:
         values = events["value"].to_numpy(dtype=np.float64)
         mean = values[events["split"].to_numpy() == TRAIN].mean()

@@ -37,6 +37,12 @@ def event_weights_of(events: list[np.ndarray] | None, histories: list[np.ndarray
     return [weights[torch.tensor(codes, dtype=torch.long)] for codes in events]
 
 
+def copy_type_weights(buffer: torch.Tensor, train: TrainView) -> None:
+    """The log's event-type weights into a model's buffer (it stays all ones without them)."""
+    if train.event_type_weights is not None:
+        buffer.copy_(torch.as_tensor(train.event_type_weights, dtype=torch.float32))
+
+
 class RecentItems(ScoringModel):
     config_class = RecentItemsConfig
 
@@ -47,8 +53,7 @@ class RecentItems(ScoringModel):
 
     def fit_statistics(self, train: TrainView) -> None:
         super().fit_statistics(train)
-        if train.event_type_weights is not None:
-            self.event_type_weights.copy_(torch.as_tensor(train.event_type_weights, dtype=torch.float32))
+        copy_type_weights(self.event_type_weights, train)
 
     def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         scores = torch.zeros(len(histories), self.n_items + 1)
@@ -89,8 +94,7 @@ class Covisitation(ScoringModel):
 
     def fit_statistics(self, train: TrainView) -> None:
         super().fit_statistics(train)
-        if train.event_type_weights is not None:
-            self.event_type_weights.copy_(torch.as_tensor(train.event_type_weights, dtype=torch.float32))
+        copy_type_weights(self.event_type_weights, train)
         following = self._following_counts(train)
         k = self.neighbour_items.shape[1]
         for item in range(following.shape[0]):
