@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +12,7 @@ from pipeline.config import load_config
 from pipeline.data import TEST, VALID, load_data, prepare
 from pipeline.data.prepare import CONTEXT, TRAIN
 from pipeline.errors import PipelineInputError
+from tests import shop_log
 from tests.conftest import REPO
 
 # One user, hand-written: view 1, cart 1, purchase 1 (valid target), view 2 (context), purchase 2 (test target),
@@ -135,6 +133,34 @@ def test_category_paths_numbers_in_templates_and_side_features(tmp_path):
     assert prepare(load_data(top.data), top.data).category_names == ["Home"]
 
 
+def test_content_baselines_rank_by_cosine_over_text_and_side_feature_labels(tmp_path):
+    events, items = shop_files(tmp_path)
+    config = shop_config(events, items, items={"numeric_features": ["price"], "categorical_features": ["brand"]})
+    data = prepared(config)
+    labels = data.item_features.label_matrix().toarray()
+    # Columns: brand Acme, then price bands 1..5 (quantiles of 30, 12.25, 8). Acme + a band share a row's unit norm;
+    # the missing price and the one-item brand Zeta are no label.
+    half = 1 / np.sqrt(2)
+    assert labels == pytest.approx(np.array([
+        [0, 0, 0, 0, 0, 0], [half, 0, 0, 0, 0, half], [1, 0, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 0],
+    ]))
+    embeddings = np.random.default_rng(0).normal(size=(data.n_items + 1, 8)).astype(np.float32)
+    weight = 0.7
+    model = pipeline.api.build(load_config({**config.to_dict(), "model": {"name": "bert_content", "feature_weight": weight}}).model, data, embeddings, 0)
+    history = [np.array([1, 3, 2])]
+    scores = model.score_items(history)[0].numpy()
+    # By hand: each item's vector is [unit text vector, weight x labels]; the profile is the recency-weighted sum
+    # (newest 1, halving every 10 items); the score is the cosine.
+    text = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    text[0] = 0
+    vectors = np.hstack([text, weight * labels])
+    profile = (0.5 ** (np.array([2, 1, 0]) / 10)) @ vectors[history[0]]
+    expected = vectors[1:] @ profile / np.linalg.norm(vectors[1:], axis=1) / np.linalg.norm(profile)
+    assert scores[1:] == pytest.approx(expected, abs=1e-5)
+    text_only = pipeline.api.build(load_config({**config.to_dict(), "model": {"name": "bert_content", "feature_weight": 0}}).model, data, embeddings, 0)
+    assert text_only.score_items(history)[0].numpy()[1:] == pytest.approx(text[1:] @ (profile[:8] / np.linalg.norm(profile[:8])), abs=1e-5)
+
+
 def test_a_number_format_on_text_is_an_error_naming_the_row(tmp_path):
     events, items = shop_files(tmp_path)
     config = shop_config(events, items, items={"text_fields": ["title", "brand"], "text_template": "{brand:.0f}"})
@@ -217,13 +243,8 @@ def test_recent_items_and_covisitation_score_as_computed_by_hand(tmp_path):
     assert after_one[item["1"]] == pytest.approx(6 / 7) and after_one[item["2"]] == pytest.approx(1 / 7)
 
 
-def load_generator():
-    sys.path.insert(0, str(REPO / "scripts"))
-    return importlib.import_module("generate_shop_log")
-
-
 def test_the_shop_generator_writes_parquet_and_iso_jsonl_that_load_to_the_same_log(tmp_path):
-    load_generator().write(tmp_path, users=40, items=60, seed=3)
+    shop_log.write(tmp_path, users=40, items=60, seed=3)
     configs = [
         load_config(REPO / "configs" / "shop_example.yaml", [
             f"data.interactions.path={tmp_path / name}", f"data.items.path={tmp_path / 'items.csv'}",
@@ -261,7 +282,7 @@ def test_output_users_all_lists_every_user_from_the_whole_log(tiny_config):
 
 
 def test_sequence_models_read_event_types_and_features_and_save_them(tmp_path):
-    load_generator().write(tmp_path, users=30, items=40, seed=1, formats=("parquet",))
+    shop_log.write(tmp_path, users=30, items=40, seed=1, formats=("parquet",))
     config = load_config(REPO / "configs" / "shop_example.yaml", [
         f"data.interactions.path={tmp_path / 'events.parquet'}", f"data.items.path={tmp_path / 'items.csv'}",
         "model.item_representation=id", "model.hidden_size=8", "model.num_layers=1", "train.epochs=1",

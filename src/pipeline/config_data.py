@@ -99,10 +99,12 @@ class ItemsConfig(TableSource):
     path as one category (so `Audio > Cables` and `Video > Cables` differ); top, its first part."""
     numeric_features: list[str] = Field(default_factory=list)
     """Item columns holding numbers (price, duration): standardised over the catalog, a missing value is the mean
-    plus a missing flag; they enter the item representation of the sequence models."""
+    plus a missing flag; they enter the item representation of the sequence models, and as quantile bands the
+    content baselines' item vectors."""
     categorical_features: list[str] = Field(default_factory=list)
     """Item columns holding labels (brand, seller): one learned vector per value shared by at least two items,
-    the rest and missing values in one unknown bucket; they enter the item representation of the sequence models."""
+    the rest and missing values in one unknown bucket; they enter the item representation of the sequence models
+    and the content baselines' item vectors."""
     recommendable: str | None = None
     """Which items may be listed: a column of true/false (or 1/0, yes/no), or a comparison on one column such as
     `stock > 0`, `status == active` or `region != eu` (operators == != > >= < <=). Others are never candidates
