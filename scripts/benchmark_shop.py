@@ -1,5 +1,6 @@
 """Next-purchase quality on the bundled shop log: the Transformer with event types and side features against the
-floors (popularity, recently interacted, co-visitation, item-CF) and against itself without event types, 3 seeds.
+floors (popularity, recently interacted, co-visitation, item-CF) and against itself without event types, 3 seeds;
+the content baselines (text and side-feature labels) for reference.
 
     .venv/bin/python scripts/benchmark_shop.py [--seeds 1 2 3] [--epochs 30]
 
@@ -22,6 +23,7 @@ from pipeline.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 FLOORS = ["popularity", "recent_items", "covisitation", "item_cf"]
+CONTENT = ["tfidf_content", "bert_content"]  # not floors: they read the side features too
 WITH, WITHOUT = "transformer", "transformer_no_event_types"
 
 
@@ -41,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     base = load_config(REPO / "configs" / "shop_example.yaml")
     model = base.model.model_dump()
-    compared = [{"name": name} for name in FLOORS] + [
+    compared = [{"name": name} for name in FLOORS + CONTENT] + [
         {**model, "label": WITH},
         {**model, "label": WITHOUT, "event_types": False},
     ]

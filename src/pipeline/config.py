@@ -59,6 +59,18 @@ class TrainConfig(Section):
     the average sits between the minibatch-to-minibatch swings, so epoch selection depends less on luck."""
     patience: int = Field(5, ge=1)
     """Epochs without a better validation NDCG@eval.select_k before stopping."""
+    loss: Literal["auto", "full", "sampled"] = "auto"
+    """The next-item softmax of the sequence models: over every trained item (full), or over each batch's targets
+    plus `negatives` drawn items with the logQ correction (sampled: a step's memory and time follow the batch, not
+    the catalog). auto: sampled above `sampled_above` trained items."""
+    negatives: int = Field(2048, ge=1)
+    """Items drawn per batch for the sampled softmax, shared by its rows (with the batch's own targets)."""
+    negative_sampling: Literal["uniform", "frequency"] = "uniform"
+    """How the sampled softmax draws its negatives: uniformly over the trained items, or in proportion to their
+    training events (the batch's targets are already popularity-proportional)."""
+    sampled_above: int = Field(200_000, ge=1)
+    """With `loss: auto`, catalogs of more trained items use the sampled softmax: a full softmax over 200,000 items
+    for a batch of 128 windows of 50 is a 5 GB fp32 logit tensor."""
     window_stride: int | None = Field(None, ge=1)
     """Training windows end every this many events (None: model.max_length, no overlap). Smaller strides give each
     target a longer context, as at evaluation time, for more sequence-model compute per epoch."""
@@ -138,6 +150,15 @@ class OutputConfig(Section):
     exclude_untrained: bool = True
     """Items with no training event are no candidates (in lists and in evaluation) unless the model scores them
     from their text; the metrics file says which candidates were allowed."""
+    retrieval: Literal["exact", "ann"] = "exact"
+    """How the lists (run, recommend, nightly) find each user's top items: by scoring the whole catalog, or from an
+    HNSW index (faiss, the `ann` extra) re-scored exactly, with the same seen-items and candidate rules. A run
+    with ann states its recall@top_k against exact lists of up to `ann_check_users` users. Evaluation metrics are
+    always exact."""
+    ann_ef_search: int = Field(128, ge=1)
+    """HNSW's search breadth: higher finds more of the exact top items, more slowly."""
+    ann_check_users: int = Field(2000, ge=0)
+    """Users whose ANN lists a run compares with exact ones (0: no check)."""
     fallback: Literal["popular", "none"] = "popular"
     """`recommend` for a user none of whose events is on a known item: the most popular items (marked `popular`
     in the `source` column) or no list."""

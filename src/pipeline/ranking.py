@@ -104,17 +104,45 @@ class Ranker:
         if self.exclude_seen or self.seen_last:
             seen = history_mask(histories, scores.shape[1], scores.device)
             seen[:, 0] = False
-            if self.exclude_seen:
-                scores[seen] = float("-inf")
-            else:
-                real = scores[:, 1:]
-                span = (real.amax(dim=1, keepdim=True) - real.amin(dim=1, keepdim=True)).clamp(min=1e-6)
-                # The best seen item lands a full span below the worst unseen one.
-                scores = torch.where(seen, scores - 2 * span, scores)
+            real = scores[:, 1:]
+            scores = self._seen_policy(scores, seen, real.amax(dim=1, keepdim=True) - real.amin(dim=1, keepdim=True))
         if self.allowed is not None:
             scores[:, ~self.allowed.to(scores.device)] = float("-inf")
         scores[:, 0] = float("-inf")
         return scores
+
+    def _seen_policy(self, scores: torch.Tensor, seen: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+        """Seen items removed, or moved below every unseen one (the best a full score `span` below the worst)."""
+        if self.exclude_seen:
+            return scores.masked_fill(seen, float("-inf"))
+        return torch.where(seen, scores - 2 * span.clamp(min=1e-6), scores)
+
+    def rank_candidates(self, scores: torch.Tensor, candidates: torch.Tensor, histories: list[np.ndarray], list_length: int) -> list:
+        """(top items, top scores) per user from the scores of each user's own candidates ([users, M] item indices,
+        0 = none) under the same policy as `rank` (`retrieval.AnnLists`)."""
+        scores = scores.float().clone()
+        invalid = candidates == 0
+        if self.allowed is not None:
+            invalid |= ~self.allowed.to(candidates.device)[candidates]
+        if self.exclude_seen or self.seen_last:
+            stride = len(self.position)
+            rows = np.repeat(np.arange(len(histories)), [len(history) for history in histories])
+            keys = torch.from_numpy(rows * stride + (np.concatenate(histories).astype(np.int64) if histories else np.zeros(0, dtype=np.int64)))
+            seen = torch.isin(torch.arange(len(candidates))[:, None] * stride + candidates, keys) & ~invalid
+            span = scores.masked_fill(invalid, float("-inf")).amax(dim=1, keepdim=True) - scores.masked_fill(invalid, float("inf")).amin(dim=1, keepdim=True)
+            scores = self._seen_policy(scores, seen, span.nan_to_num(0.0))
+        scores[invalid] = float("-inf")
+        # Tie-break as in `rank`: more training events first, then the lower index; sorts are stable.
+        by_position = torch.sort(self.position[candidates], dim=1, stable=True).indices
+        by_score = torch.sort(-scores.gather(1, by_position), dim=1, stable=True).indices
+        order = by_position.gather(1, by_score)[:, :list_length]
+        top_items, top_scores = candidates.gather(1, order).numpy().copy(), scores.gather(1, order).numpy().copy()
+        top_items[top_scores == float("-inf")] = 0
+        if top_items.shape[1] < list_length:
+            missing = list_length - top_items.shape[1]
+            top_items = np.pad(top_items, ((0, 0), (0, missing)))
+            top_scores = np.pad(top_scores, ((0, 0), (0, missing)), constant_values=float("-inf"))
+        return list(zip(top_items, top_scores))
 
     def rank(self, scores: torch.Tensor, histories: list[np.ndarray], targets: list[np.ndarray] | None, list_length: int):
         """(target ranks or None per user, top items, top scores) for one chunk of users' raw scores."""

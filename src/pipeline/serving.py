@@ -8,7 +8,7 @@ original item ids and the catalog's shape. Lists are ranked by the same policy a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,8 @@ from pipeline.errors import PipelineInputError, shorten
 from pipeline.models import Catalog, Recommender, build_model
 from pipeline.models.registry import empty_catalog
 from pipeline.outputs import load_model_state, read_run_config, resolve_run
-from pipeline.ranking import Ranker, Rankings, rank_users
+from pipeline.ranking import Ranker, Rankings
+from pipeline.retrieval import ListMaker
 from pipeline.storage import read_json_file
 
 log = logging.getLogger("pipeline")
@@ -93,14 +94,19 @@ def recommendation_frame(user_ids: np.ndarray, item_ids: np.ndarray, rankings: R
     )
 
 
-def serving_lists(model: Recommender, data: PreparedData, config: Config) -> pd.DataFrame:
-    """`output.users: all`: a list for every user, ranked from the whole log, by the evaluation's policy."""
+def list_maker(model: Recommender, config: Config) -> ListMaker:
+    """How lists are ranked for `model` under `config`: the evaluation's policy, exact or ANN (`output.retrieval`)."""
+    return ListMaker(model, Ranker.for_model(model, list_policy(config)), config.output, config.eval.user_batch_size)
+
+
+def serving_lists(model: Recommender, data: PreparedData, config: Config) -> tuple[pd.DataFrame, dict | None]:
+    """`output.users: all`: a list for every user, ranked from the whole log, by the evaluation's policy; and with
+    ANN retrieval, its recall against exact lists (`ListMaker.check`)."""
     cases = data.eval_cases(ALL_EVENTS)
-    rankings = rank_users(
-        model, cases.histories, None, config.output.top_k, Ranker.for_model(model, list_policy(config)),
-        config.eval.user_batch_size, cases.history_events,
-    )
-    return recommendation_frame(data.user_ids[cases.users], data.item_ids, rankings)
+    lists = list_maker(model, config)
+    rankings = lists.rank(cases.histories, config.output.top_k, cases.history_events)
+    report = lists.check(rankings, cases.histories, cases.history_events)
+    return recommendation_frame(data.user_ids[cases.users], data.item_ids, rankings), report
 
 
 @dataclass
@@ -110,6 +116,7 @@ class LoadedRun:
     model: Recommender
     item_ids: np.ndarray  # original id per item index (position 0: padding)
     event_names: list[str]
+    _lists: ListMaker | None = field(default=None, repr=False)  # built on the first `recommend` (an ANN index)
 
     def recommend(self, events: pd.DataFrame, top_k: int | None = None) -> pd.DataFrame:
         """Top-K lists for the users in `events`, new users included.
@@ -148,13 +155,12 @@ class LoadedRun:
                 "given the popularity list" if use_fallback else "no list (output.fallback: none)",
             )
         length = top_k or self.config.output.top_k
-        ranker = Ranker.for_model(self.model, list_policy(self.config))
+        if self._lists is None:
+            self._lists = list_maker(self.model, self.config)
+        ranker = self._lists.ranker
         frames = []
         if users:
-            rankings = rank_users(
-                self.model, histories, None, length, ranker, self.config.eval.user_batch_size,
-                history_events if self.event_names else None,
-            )
+            rankings = self._lists.rank(histories, length, history_events if self.event_names else None)
             frames.append(recommendation_frame(np.array(users, dtype=object), self.item_ids, rankings).assign(source="model"))
         if lonely and use_fallback:
             popular = self.model.statistics.item_counts.unsqueeze(0).expand(len(lonely), -1)

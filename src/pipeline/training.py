@@ -29,6 +29,7 @@ from pipeline.data.prepare import TrainView
 from pipeline.encoding import resolve_device
 from pipeline.errors import PipelineInputError
 from pipeline.evaluation import Validator
+from pipeline.models.sampled import NegativeSampler
 from pipeline.ranking import NonFiniteScores
 
 log = logging.getLogger("pipeline")
@@ -188,6 +189,7 @@ def fit(
     steps_per_epoch = -(-len(windows) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch))
     average = WeightAverage(parameters, config.weight_average_decay)
+    sampler = negative_sampler(model, config)
     autocast = training_autocast(device, training_dtype(device, config.precision))
     loss_weights = model.loss_weights()
     selection_metric = validator.selection_metric
@@ -208,12 +210,14 @@ def fit(
             model.train()
             totals = {name: 0.0 for name in loss_weights}
             batches = window_batches(windows, config.batch_size, order_rng, device, distributed.rank(), world)
+            if sampler is not None:  # seeded per epoch, so a resumed run draws what an uninterrupted one would
+                sampler.generator.manual_seed(seed * 1_000_003 + epoch * 7_919 + distributed.rank())
             for batch in _progress(batches, show and distributed.is_main(), f"epoch {epoch}"):
                 if stop is not None and stop.reason:
                     raise TrainingStopped(epoch - 1)
                 inputs, targets = batch[0], batch[1]
                 with autocast:
-                    parts = trained(*batch)
+                    parts = trained(*batch) if sampler is None else trained(*batch, candidates=sampler.draw(targets))
                 loss = sum(loss_weights[name] * value for name, value in parts.items())
                 finite = bool(torch.isfinite(loss.detach()))
                 if world > 1:  # every rank stops together, or the others would wait in the next collective forever
@@ -275,6 +279,20 @@ def fit(
     model.eval()
     return state.history
 
+
+
+def negative_sampler(model: torch.nn.Module, config: TrainConfig) -> NegativeSampler | None:
+    """The sampled softmax's candidate draw where `train.loss` resolves to sampled for a model that trains a
+    softmax over the catalog (`Recommender.softmax_over_items`); None for the full softmax."""
+    if not getattr(model, "softmax_over_items", False):
+        if config.loss == "sampled":
+            log.info("%s trains no softmax over the catalog: train.loss does not apply", type(model).__name__)
+        return None
+    trained = int((model.statistics.item_counts > 0).sum())
+    if config.loss == "full" or (config.loss == "auto" and trained <= config.sampled_above):
+        return None
+    log.info("sampled softmax: %d %s negatives per batch over %d trained items", config.negatives, config.negative_sampling, trained)
+    return NegativeSampler(model.statistics.item_counts, config.negatives, config.negative_sampling, torch.Generator())
 
 
 def training_dtype(device: torch.device, precision: str) -> torch.dtype:

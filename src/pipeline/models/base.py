@@ -145,6 +145,8 @@ class Recommender(torch.nn.Module):
     resizable_buffers: ClassVar[tuple[str, ...]] = ()
     # Whether the model reads the catalog's text embeddings whatever its config says (see `uses_text`).
     reads_text: ClassVar[bool] = False
+    # Whether training is a softmax over the catalog whose `forward` takes `candidates` (sampled softmax, train.loss).
+    softmax_over_items: ClassVar[bool] = False
 
     def __init__(self, config: ModelSection, catalog: Catalog):
         super().__init__()
@@ -193,6 +195,19 @@ class Recommender(torch.nn.Module):
 
     def predict_category(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def score_candidates(
+        self, histories: list[np.ndarray], candidates: torch.Tensor, events: list[np.ndarray] | None = None
+    ) -> torch.Tensor:
+        """[users, M] the scores `score_items` gives each user's candidate items ([users, M] indices)."""
+        return self.score_items(histories, events).gather(1, candidates.to(self.item_category_weights.device))
+
+    def retrieval_vectors(
+        self, histories: list[np.ndarray], events: list[np.ndarray] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(user vectors [users, d], item vectors [n_items + 1, d]) whose inner products are `score_items` for every
+        item outside the user's history, or None for a model that does not score that way (`retrieval.AnnLists`)."""
+        return None
 
     def predict_rating(
         self, histories: list[np.ndarray], items: np.ndarray, events: list[np.ndarray] | None = None

@@ -67,21 +67,34 @@ class ItemRepresentation(nn.Module):
             self._borrowing = (key, text_neighbours(self.item_text_embeddings, lenders, untrained))
         return self._borrowing[1]
 
-    def _compute(self, borrowing: TextNeighbours | None, id_dropout: float = 0.0) -> torch.Tensor:
+    def rows(self, items: torch.Tensor, id_dropout: float = 0.0) -> torch.Tensor:
+        """[len(items), width] the vectors of trained `items` only (a sampled-softmax step): the cost follows the
+        batch, not the catalog."""
+        return self._compute(None, id_dropout, items)
+
+    def _compute(
+        self, borrowing: TextNeighbours | None, id_dropout: float = 0.0, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        def select(table: torch.Tensor) -> torch.Tensor:
+            return table if items is None else table[items]
+
         parts = []
         if self.text_projection is not None:
-            parts.append(self.text_projection(self.item_text_embeddings))
+            parts.append(self.text_projection(select(self.item_text_embeddings).float()))
         if self.id_embedding is not None:
-            id_rows = self.id_embedding.weight if borrowing is None else borrowing.fill(self.id_embedding.weight)
+            id_rows = select(self.id_embedding.weight if borrowing is None else borrowing.fill(self.id_embedding.weight))
             if id_dropout and self.text_projection is not None:
                 kept = torch.rand(len(id_rows), 1, device=id_rows.device) >= id_dropout
                 id_rows = id_rows * kept
             parts.append(id_rows)
         if self.numeric_projection is not None:
-            parts.append(self.numeric_projection(self.item_numeric))
+            parts.append(self.numeric_projection(select(self.item_numeric)))
         if self.label_embeddings is not None:
-            parts.extend(embedding(self.item_labels[:, column]) for column, embedding in enumerate(self.label_embeddings))
+            labels = select(self.item_labels)
+            parts.extend(embedding(labels[:, column]) for column, embedding in enumerate(self.label_embeddings))
         representation = torch.stack(parts).sum(0)
+        if items is not None:
+            return representation * (items != 0).unsqueeze(1)
         padding = torch.ones_like(representation[:, :1])
         padding[0] = 0
         return representation * padding

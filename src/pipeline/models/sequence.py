@@ -22,8 +22,10 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from pipeline.data.prepare import TrainView
+from pipeline.models.backbones import RecurrentBackbone, TransformerBackbone
 from pipeline.models.base import Catalog, Recommender, pad_histories
 from pipeline.models.items import event_types, item_representation
+from pipeline.models.sampled import Candidates
 from pipeline.ranking import history_mask
 from pipeline.schema import ModelSection, Section
 
@@ -129,47 +131,11 @@ def later_items(targets: torch.Tensor, count: int) -> torch.Tensor:
     return padded.unfold(1, count, 1)
 
 
-class RecurrentBackbone(nn.Module):
-    def __init__(self, recurrent: type[nn.RNNBase], width: int, layers: int, dropout: float):
-        super().__init__()
-        self.rnn = recurrent(width, width, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        # Right padding: a state at position t never sees positions after t, so padding cannot leak in.
-        states, _ = self.rnn(self.dropout(items))
-        return self.dropout(states)
-
-
-class TransformerBackbone(nn.Module):
-    """SASRec-style: learned positions, causal self-attention blocks (pre-norm or post-norm)."""
-
-    def __init__(self, width: int, layers: int, heads: int, dropout: float, max_length: int, norm_first: bool):
-        super().__init__()
-        self.positions = nn.Embedding(max_length, width)
-        # Same scale as the item representations: torch's default N(0, 1) would drown the items in position signal.
-        nn.init.normal_(self.positions.weight, std=0.02)
-        block = nn.TransformerEncoderLayer(
-            width, heads, dim_feedforward=4 * width, dropout=dropout, activation="gelu", batch_first=True, norm_first=norm_first
-        )
-        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
-        self.input_norm = nn.LayerNorm(width)
-        # Post-norm blocks end in a layer norm already.
-        self.output_norm = nn.LayerNorm(width) if norm_first else nn.Identity()
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        length = items.shape[1]
-        positions = self.positions(torch.arange(length, device=items.device))
-        hidden = self.dropout(self.input_norm(items + positions))
-        causal = nn.Transformer.generate_square_subsequent_mask(length, device=items.device, dtype=hidden.dtype)
-        return self.output_norm(self.blocks(hidden, mask=causal, is_causal=True))
-
-
 class SequenceRecommender(Recommender):
     """The shared body of the sequence models; each subclass brings its backbone (`build_backbone`)."""
 
     item_row_parameters = ("items.id_embedding.weight", "item_bias")
+    softmax_over_items = True
     category_row_parameters = ("category_head.weight", "category_head.bias")
 
     def __init__(self, config: SequenceSection, catalog: Catalog, seed: int = 0):
@@ -225,36 +191,60 @@ class SequenceRecommender(Recommender):
     def forward(
         self, inputs: torch.Tensor, targets: torch.Tensor, target_ratings: torch.Tensor | None,
         input_events: torch.Tensor | None = None, target_weights: torch.Tensor | None = None,
-        target_events: torch.Tensor | None = None,
+        target_events: torch.Tensor | None = None, candidates: Candidates | None = None,
     ):
-        """The training loss parts of a batch of windows (see `training.fit`)."""
-        items = self.items(self.statistics.item_counts, self.id_dropout if self.training else 0.0)
+        """The training loss parts of a batch of windows (see `training.fit`): the next-item softmax over the whole
+        catalog, or over the batch's `candidates` (sampled softmax, `models.sampled`)."""
+        dropout = self.id_dropout if self.training else 0.0
         mask = targets > 0
         weights = None if target_weights is None else target_weights[mask]
-        states = self.states(inputs, items, input_events)[mask]
+        if candidates is None:
+            items = self.items(self.statistics.item_counts, dropout)
+            rows_of = columns_of = None
+            # Items without training events are never targets: as negatives they would only learn "never chosen",
+            # which buries them at scoring time, where they take their text neighbours' rows instead (padding too).
+            biases = self.item_bias.masked_fill(self.statistics.item_counts == 0, float("-inf"))
+            output_items = items
+        else:
+            # Only the rows a step reads: padding, the windows' items and the candidates.
+            needed = torch.unique(torch.cat([inputs.new_zeros(1), inputs.reshape(-1), candidates.items]))
+            items = self.items.rows(needed, dropout)
+
+            def rows_of(indices: torch.Tensor) -> torch.Tensor:
+                return torch.searchsorted(needed, indices)
+
+            def columns_of(indices: torch.Tensor) -> torch.Tensor:
+                return candidates.columns(indices)[0]
+
+            inputs_rows = rows_of(inputs)
+            biases = self.item_bias[candidates.items] - candidates.log_inclusion
+            output_items = items[rows_of(candidates.items)]
+        states = self.states(inputs if rows_of is None else inputs_rows, items, input_events)[mask]
         if self.event_types is not None and target_events is not None:
             states = self.event_types.add_to_states(states, target_events[mask])
         next_items = targets[mask]
-        # Items without training events are never targets: as negatives they would only learn "never chosen", which
-        # buries them at scoring time, where they take their text neighbours' rows instead (padding is one of them).
-        biases = self.item_bias.masked_fill(self.statistics.item_counts == 0, float("-inf"))
-        # [targets, catalog] is the largest tensor of a step: written once by addmm, then only changed in place.
+        next_columns = next_items if columns_of is None else columns_of(next_items)
+        # [targets, candidates] is the largest tensor of a step: written once by addmm, then only changed in place.
         logits = self._add_repeat_bias(
-            torch.addmm(biases.to(states.dtype), states, items.T.to(states.dtype)), inputs, mask, input_events, target_events
+            torch.addmm(biases.to(states.dtype), states, output_items.T.to(states.dtype)), inputs, mask, input_events,
+            target_events, candidates,
         )
-        parts = {"item": weighted_cross_entropy(logits, next_items, weights)}
+        parts = {"item": weighted_cross_entropy(logits, next_columns, weights)}
         if self.future_items:
-            parts["future"] = self._future_loss(logits, targets, mask)
+            parts["future"] = self._future_loss(logits, targets, mask, columns_of)
         parts["category"] = weighted_cross_entropy(self.category_head(states), self.item_category_weights[next_items], weights)
         if target_ratings is not None:
-            predicted = self._rating(states, items[next_items], next_items)
-            parts["rating"] = nn.functional.mse_loss(predicted, target_ratings[mask])
+            next_vectors = items[next_items if rows_of is None else rows_of(next_items)]
+            parts["rating"] = nn.functional.mse_loss(self._rating(states, next_vectors, next_items), target_ratings[mask])
         return parts
 
-    def _future_loss(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy, over the same logits, of the `future_items` items after each row's next item."""
+    def _future_loss(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, columns_of=None) -> torch.Tensor:
+        """Mean cross-entropy, over the same logits, of the `future_items` items after each row's next item (every
+        one of them is a target of the batch, so a candidate of a sampled step too)."""
         later = later_items(targets, self.future_items + 1)[mask][:, 1:]  # 0 past the window's end
         present = later > 0
+        if columns_of is not None:
+            later = columns_of(later)
         normaliser = torch.logsumexp(logits.float(), dim=1, keepdim=True)
         # Padding's logit is -inf: its rows are masked out, not multiplied by 0.
         losses = (normaliser - logits.gather(1, later).float()).masked_fill(~present, 0.0)
@@ -262,10 +252,11 @@ class SequenceRecommender(Recommender):
 
     def _add_repeat_bias(
         self, logits: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor, input_events: torch.Tensor | None = None,
-        target_events: torch.Tensor | None = None,
+        target_events: torch.Tensor | None = None, candidates: Candidates | None = None,
     ) -> torch.Tensor:
         """Add the repeat bias at (position, item) for every item at or before that position in its window (and,
-        with event types, each earlier occurrence's own bias by its type and age)."""
+        with event types, each earlier occurrence's own bias by its type and age); with `candidates`, at the
+        item's column where it is a candidate."""
         batch, length = inputs.shape
         later, earlier = torch.tril_indices(length, length, device=inputs.device)
         # Row of each masked position among the logits' rows (-1 for positions without a target).
@@ -274,8 +265,12 @@ class SequenceRecommender(Recommender):
         pair_rows = rows[(torch.arange(batch, device=inputs.device)[:, None] * length + later[None, :]).reshape(-1)]
         pair_items = inputs[:, earlier].reshape(-1)
         keep = (pair_rows >= 0) & (pair_items > 0)
+        pair_columns = pair_items
+        if candidates is not None:
+            pair_columns, is_candidate = candidates.columns(pair_items)
+            keep &= is_candidate
         # An item seen twice in a window still gets the bias once.
-        flat = torch.unique(pair_rows[keep] * logits.shape[1] + pair_items[keep])
+        flat = torch.unique(pair_rows[keep] * logits.shape[1] + pair_columns[keep])
         bias = self.repeat_bias.to(logits.dtype).expand(len(flat))  # logits are bf16 under autocast
         logits.view(-1).index_add_(0, flat, bias)
         if self.event_types is not None and input_events is not None and target_events is not None:
@@ -283,7 +278,7 @@ class SequenceRecommender(Recommender):
             occurrences = self.event_types.occurrence_bias(
                 asked, input_events[:, earlier].reshape(-1)[keep], (later - earlier).repeat(batch)[keep]
             )
-            logits.view(-1).index_add_(0, pair_rows[keep] * logits.shape[1] + pair_items[keep], occurrences.to(logits.dtype))
+            logits.view(-1).index_add_(0, pair_rows[keep] * logits.shape[1] + pair_columns[keep], occurrences.to(logits.dtype))
         return logits
 
     def _rating(self, states: torch.Tensor, item_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -305,6 +300,45 @@ class SequenceRecommender(Recommender):
         if self.event_types is not None and events is not None:
             scores = scores + self.event_types.history_bias(histories, events, scores.shape[1], self.max_length)
         return scores
+
+    def score_candidates(
+        self, histories: list[np.ndarray], candidates: torch.Tensor, events: list[np.ndarray] | None = None
+    ) -> torch.Tensor:
+        candidates = candidates.to(self.item_bias.device)
+        states = self.user_states(histories, events)
+        scores = torch.einsum("ud,umd->um", states, self.item_representations()[candidates]) + self.item_biases()[candidates]
+        return scores + self._history_offsets(histories, events, candidates)
+
+    def retrieval_vectors(
+        self, histories: list[np.ndarray], events: list[np.ndarray] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # [state, 1] . [item, bias]: the score of every item outside the history (the offsets are for history items).
+        states = self.user_states(histories, events)
+        users = torch.cat([states, torch.ones_like(states[:, :1])], dim=1)
+        return users, torch.cat([self.item_representations(), self.item_biases()[:, None]], dim=1)
+
+    def _history_offsets(self, histories: list[np.ndarray], events: list[np.ndarray] | None, candidates: torch.Tensor) -> torch.Tensor:
+        """[users, M] what `score_items` adds at history items (the repeat bias, the event-type offsets), at each
+        user's candidates: the same sums, kept sparse, so a chunk costs its candidates, not the catalog."""
+        stride = self.n_items + 1
+        offsets = torch.zeros(candidates.shape, device=candidates.device)
+        keys = torch.arange(len(histories), device=candidates.device)[:, None] * stride + candidates
+        rows = np.repeat(np.arange(len(histories)), [len(history) for history in histories])
+        seen = torch.unique(torch.from_numpy(rows * stride + np.concatenate(histories).astype(np.int64)).to(candidates.device))
+        offsets += self.repeat_bias * torch.isin(keys, seen)
+        if self.event_types is not None and events is not None:
+            pair_keys, values = [], []
+            for row, (history, codes) in enumerate(zip(histories, events)):
+                recent = torch.as_tensor(history[-self.max_length:], dtype=torch.long, device=candidates.device)
+                ages = torch.arange(len(recent) - 1, -1, -1, device=candidates.device)
+                codes = torch.as_tensor(codes[-self.max_length:], dtype=torch.long, device=candidates.device)
+                pair_keys.append(row * stride + recent)
+                values.append(self.event_types.occurrence_bias(self.event_types.asked, codes, ages))
+            pair_keys, inverse = torch.unique(torch.cat(pair_keys), return_inverse=True)
+            summed = torch.zeros(len(pair_keys), device=candidates.device).index_add_(0, inverse, torch.cat(values))
+            position = torch.searchsorted(pair_keys, keys).clamp(max=len(pair_keys) - 1)
+            offsets += torch.where(pair_keys[position] == keys, summed[position], 0.0)
+        return offsets.masked_fill(candidates == 0, 0.0)
 
     def predict_category(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
         return self.category_head(self.user_states(histories, events))

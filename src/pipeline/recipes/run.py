@@ -14,7 +14,7 @@ from pipeline.data import TEST, VALID
 from pipeline.models.registry import floor_configs
 from pipeline.outputs import CHECKPOINT, save_model
 from pipeline.recipes.context import RunContext
-from pipeline.serving import catalog_record, recommendation_frame, serving_lists
+from pipeline.serving import catalog_record, list_maker, recommendation_frame, serving_lists
 from pipeline.storage import write_table
 from pipeline.training import StopRequest
 
@@ -66,11 +66,17 @@ def run(
                 for name, candidate in models.items():
                     metrics["splits"][split][name], rankings = evaluate(candidate, data, config, split)
                     if split == TEST and candidate is model and config.output.users == "test":
-                        test_users = data.user_ids[data.eval_cases(TEST).users]
-                        recommendations = recommendation_frame(test_users, data.item_ids, rankings)
+                        cases = data.eval_cases(TEST)
+                        lists = list_maker(model, config)
+                        if lists.ann is not None:
+                            exact, rankings = rankings, lists.rank(cases.histories, config.output.top_k, cases.history_events)
+                            metrics["retrieval"] = lists.check(rankings, cases.histories, cases.history_events, exact)
+                        recommendations = recommendation_frame(data.user_ids[cases.users], data.item_ids, rankings)
             metrics["strongest_floor"] = strongest_floor(metrics["splits"][TEST], config, [*models][1:])
             if config.output.users == "all":
-                recommendations = serving_lists(model, data, config)
+                recommendations, retrieval = serving_lists(model, data, config)
+                if retrieval is not None:
+                    metrics["retrieval"] = retrieval
         with context.stage("write"):
             save_model(model, output.file("model.safetensors"))
             output.write_json("catalog.json", catalog_record(data, item_embeddings))

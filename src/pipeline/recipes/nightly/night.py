@@ -151,7 +151,8 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
         with context.stage("write"):
             # Tomorrow's lists: every user, from the whole log, by the model that serves.
             serving_model = challenger if decision["promote"] else champion_model
-            write_table(serving_lists(serving_model, data, config), output.file("recommendations.parquet"))
+            lists, retrieval = serving_lists(serving_model, data, config)
+            write_table(lists, output.file("recommendations.parquet"))
             write_table(profiles, output.file("profiles.parquet"))
             save_model(challenger, output.file("model.safetensors"))
             output.write_json("catalog.json", catalog_record(data, item_embeddings))
@@ -162,6 +163,7 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
                     for split in (GATE, TEST)
                 },
                 "decision": decision,
+                **({"retrieval": retrieval} if retrieval is not None else {}),
             })
             output.write_jsonl("history.jsonl", history)
             summary = {
