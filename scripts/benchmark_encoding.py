@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--changed-fraction", type=float, default=0.01, help="incremental part: share of texts edited")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the auto precision is bf16 on CUDA)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -46,12 +47,12 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    base = EncoderConfig(device="cpu", batch_size=args.batch_size, max_length=config.encoder.max_length)
+    base = EncoderConfig(device=args.device, batch_size=args.batch_size, max_length=config.encoder.max_length)
     encoders = {
-        f"pipeline ({'bf16' if cpu_has_native_bf16() else 'fp32'}, auto)": TextEncoder(base).encode,
+        f"pipeline ({'bf16' if args.device == 'cuda' or cpu_has_native_bf16() else 'fp32'}, auto)": TextEncoder(base).encode,
         "pipeline (fp32)": TextEncoder(base.model_copy(update={"precision": "fp32"})).encode,
     }
-    reference = SentenceTransformer(resolve_model_source(base.model), device="cpu")
+    reference = SentenceTransformer(resolve_model_source(base.model), device=args.device)
     reference.max_seq_length = base.max_length
     encoders["sentence-transformers encode()"] = lambda batch: reference.encode(batch, normalize_embeddings=True)
 

@@ -12,11 +12,10 @@ acceptance asks for.
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name
 
 import pipeline
 from pipeline.config import load_config
@@ -27,12 +26,6 @@ CONTENT = ["tfidf_content", "bert_content"]  # not floors: they read the side fe
 WITH, WITHOUT = "transformer", "transformer_no_event_types"
 
 
-def cpu_name() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -94,12 +95,22 @@ def test_a_run_with_ann_lists_reports_their_recall(tmp_path):
     result = pipeline.run(load_config(REPO / "configs" / "shop_example.yaml", [
         f"data.interactions.path={tmp_path / 'events.parquet'}", f"data.items.path={tmp_path / 'items.csv'}",
         "model.item_representation=id", "model.hidden_size=16", "model.num_layers=1", "train.epochs=2",
-        f"output.root={tmp_path / 'runs'}", "output.retrieval=ann",
+        f"output.root={tmp_path / 'runs'}", "output.retrieval=ann", "output.embeddings=true",
     ]))
     report = result.metrics["retrieval"]
     assert report["method"] == "ann" and report["users_checked"] == 80
     assert report["recall@10_vs_exact"] >= 0.95
     assert result.recommendations.groupby("user_id").size().max() == 10
+    items = pd.read_parquet(result.run_dir / "item_embeddings.parquet")
+    users = pd.read_parquet(result.run_dir / "user_embeddings.parquet")
+    assert set(users["user_id"]) == set(result.recommendations["user_id"])
+    assert {len(vector) for vector in items["vector"]} == {len(vector) for vector in users["vector"]} == {17}  # width + bias
+    assert items["item_id"].is_unique  # that the vectors score as the model does: test_candidate_scores_...
+
+
+def test_embeddings_need_a_model_that_scores_by_inner_products(tiny_config):
+    with pytest.raises(pipeline.errors.PipelineInputError, match="output.embeddings: item_cf does not score by inner products"):
+        pipeline.run({**tiny_config, "model": {"name": "item_cf"}, "output": {**tiny_config["output"], "embeddings": True}})
 
 
 def test_ann_without_faiss_is_a_clear_error(monkeypatch, shop_model):

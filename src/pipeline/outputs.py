@@ -58,7 +58,8 @@ RUN_TIME_PATTERN = r"-\d{8}T\d{12}Z"
 RUN_FILES = frozenset({
     "config.resolved.yaml", "inputs.json", "run.log", "model.safetensors", "catalog.json", "metrics.json",
     "history.jsonl", "recommendations.parquet", "manifest.json",
-})  # + recommendations.csv with output.write_csv
+})  # + recommendations.csv with output.write_csv, + EMBEDDING_FILES with output.embeddings
+EMBEDDING_FILES = ("item_embeddings.parquet", "user_embeddings.parquet")
 COMPARE_FILES = frozenset({
     "config.resolved.yaml", "inputs.json", "run.log", "metrics.json", "history.jsonl", "leaderboard.csv",
     "leaderboard.md", "manifest.json",

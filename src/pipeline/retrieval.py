@@ -49,7 +49,7 @@ def retrieval_vectors_of(model) -> tuple[torch.Tensor, torch.Tensor] | None:
 class AnnIndex:
     """HNSW over the allowed items' vectors, searched by maximum inner product."""
 
-    def __init__(self, item_vectors: np.ndarray, allowed: np.ndarray, neighbours: int = 32, ef_construction: int = 100, ef_search: int = 128):
+    def __init__(self, item_vectors: np.ndarray, allowed: np.ndarray, neighbours: int = 32, ef_construction: int = 100, ef_search: int = 512):
         faiss = require_faiss()
         self.items = np.flatnonzero(allowed).astype(np.int64)
         vectors = np.ascontiguousarray(item_vectors[self.items], dtype=np.float32)
@@ -75,7 +75,7 @@ class AnnIndex:
 class AnnLists:
     """Top-`length` lists of a model through an `AnnIndex`, ranked by the model's exact scores."""
 
-    def __init__(self, model, ranker: Ranker, ef_search: int = 128):
+    def __init__(self, model, ranker: Ranker, ef_search: int = 512):
         probe = retrieval_vectors_of(model)
         if probe is None:
             raise PipelineInputError(f"output.retrieval: ann: {type(model).__name__} does not score by inner products")
@@ -120,7 +120,7 @@ class AnnLists:
         for row, candidates in enumerate(rows):
             padded[row, : len(candidates)] = candidates
         candidates = torch.from_numpy(padded)
-        scores = self.model.score_candidates(histories, candidates, events).float()
+        scores = self.model.score_candidates(histories, candidates, events, users).float()
         if torch.isnan(scores).any():
             raise NonFiniteScores(f"{type(self.model).__name__} scored items NaN: its weights are not finite numbers")
         return self.ranker.rank_candidates(scores, candidates, histories, length)

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline.api import list_policy
 from pipeline.config import Config
 from pipeline.data import PreparedData
 from pipeline.data.features import ItemFeatures
 from pipeline.data.load import clean_ids, load_interactions, parse_timestamps, read_table
-from pipeline.data.prepare import ALL_EVENTS
+from pipeline.data.prepare import ALL_EVENTS, TEST
 from pipeline.errors import PipelineInputError, shorten
 from pipeline.models import Catalog, Recommender, build_model
 from pipeline.models.registry import empty_catalog
@@ -107,6 +108,25 @@ def serving_lists(model: Recommender, data: PreparedData, config: Config) -> tup
     rankings = lists.rank(cases.histories, config.output.top_k, cases.history_events)
     report = lists.check(rankings, cases.histories, cases.history_events)
     return recommendation_frame(data.user_ids[cases.users], data.item_ids, rankings), report
+
+
+@torch.inference_mode()
+def embedding_tables(model: Recommender, data: PreparedData, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`output.embeddings`: (items: item_id, vector; users: user_id, vector) for the users the lists are for."""
+    cases = data.eval_cases(ALL_EVENTS if config.output.users == "all" else TEST)
+    users, items = [], None
+    for start in range(0, len(cases.histories), config.eval.user_batch_size):
+        end = start + config.eval.user_batch_size
+        events = None if cases.history_events is None else cases.history_events[start:end]
+        vectors, items = model.retrieval_vectors(cases.histories[start:end], events)
+        users.extend(vectors.float().cpu().numpy())
+    if items is None:
+        items = model.retrieval_vectors([np.zeros(1, dtype=np.int64)])[1]
+    item_vectors = items.float().cpu().numpy()[1:]
+    return (
+        pd.DataFrame({"item_id": data.item_ids[1:], "vector": list(item_vectors)}),
+        pd.DataFrame({"user_id": data.user_ids[cases.users], "vector": users}),
+    )
 
 
 @dataclass

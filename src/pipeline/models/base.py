@@ -197,9 +197,11 @@ class Recommender(torch.nn.Module):
         raise NotImplementedError
 
     def score_candidates(
-        self, histories: list[np.ndarray], candidates: torch.Tensor, events: list[np.ndarray] | None = None
+        self, histories: list[np.ndarray], candidates: torch.Tensor, events: list[np.ndarray] | None = None,
+        user_vectors: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """[users, M] the scores `score_items` gives each user's candidate items ([users, M] indices)."""
+        """[users, M] the scores `score_items` gives each user's candidate items ([users, M] indices);
+        `user_vectors`, from `retrieval_vectors` for the same users, spare computing them twice."""
         return self.score_items(histories, events).gather(1, candidates.to(self.item_category_weights.device))
 
     def retrieval_vectors(

@@ -302,10 +302,11 @@ class SequenceRecommender(Recommender):
         return scores
 
     def score_candidates(
-        self, histories: list[np.ndarray], candidates: torch.Tensor, events: list[np.ndarray] | None = None
+        self, histories: list[np.ndarray], candidates: torch.Tensor, events: list[np.ndarray] | None = None,
+        user_vectors: torch.Tensor | None = None,
     ) -> torch.Tensor:
         candidates = candidates.to(self.item_bias.device)
-        states = self.user_states(histories, events)
+        states = self.user_states(histories, events) if user_vectors is None else user_vectors[:, :-1]
         scores = torch.einsum("ud,umd->um", states, self.item_representations()[candidates]) + self.item_biases()[candidates]
         return scores + self._history_offsets(histories, events, candidates)
 
@@ -329,9 +330,9 @@ class SequenceRecommender(Recommender):
         if self.event_types is not None and events is not None:
             pair_keys, values = [], []
             for row, (history, codes) in enumerate(zip(histories, events)):
-                recent = torch.as_tensor(history[-self.max_length:], dtype=torch.long, device=candidates.device)
+                recent = torch.tensor(history[-self.max_length:], dtype=torch.long, device=candidates.device)
                 ages = torch.arange(len(recent) - 1, -1, -1, device=candidates.device)
-                codes = torch.as_tensor(codes[-self.max_length:], dtype=torch.long, device=candidates.device)
+                codes = torch.tensor(codes[-self.max_length:], dtype=torch.long, device=candidates.device)
                 pair_keys.append(row * stride + recent)
                 values.append(self.event_types.occurrence_bias(self.event_types.asked, codes, ages))
             pair_keys, inverse = torch.unique(torch.cat(pair_keys), return_inverse=True)

@@ -11,10 +11,12 @@ import pandas as pd
 from pipeline.api import build, encode, evaluate, preflight, protocol, strongest_floor, train
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, VALID
+from pipeline.errors import PipelineInputError
 from pipeline.models.registry import floor_configs
-from pipeline.outputs import CHECKPOINT, save_model
+from pipeline.outputs import CHECKPOINT, EMBEDDING_FILES, save_model
 from pipeline.recipes.context import RunContext
-from pipeline.serving import catalog_record, list_maker, recommendation_frame, serving_lists
+from pipeline.retrieval import retrieval_vectors_of
+from pipeline.serving import catalog_record, embedding_tables, list_maker, recommendation_frame, serving_lists
 from pipeline.storage import write_table
 from pipeline.training import StopRequest
 
@@ -54,6 +56,8 @@ def run(
             item_embeddings, encoding_stats = encode(data, config, progress=bool(progress))
         with context.stage("train"):
             model = build(config.model, data, item_embeddings, config.seed)
+            if config.output.embeddings and retrieval_vectors_of(model) is None:
+                raise PipelineInputError(f"output.embeddings: {config.model.name} does not score by inner products, so it has no embeddings to export")
             history = train(model, data, config, progress, output.file(CHECKPOINT), stop)
         with context.stage("evaluate"):
             models = {config.model.name: model}
@@ -83,6 +87,9 @@ def run(
             output.write_json("metrics.json", metrics)
             output.write_jsonl("history.jsonl", history)
             write_table(recommendations, output.file("recommendations.parquet"))
+            if config.output.embeddings:
+                for table, name in zip(embedding_tables(model, data, config), EMBEDDING_FILES):
+                    write_table(table, output.file(name))
             if config.output.write_csv:
                 write_table(recommendations, output.file("recommendations.csv"))
         run_dir = context.finish(data, encoding_stats)
