@@ -106,13 +106,13 @@ class AnnLists:
         longest = max((len(history) for history in histories), default=0)
         found = self.index.search(users.cpu().numpy(), length + longest)
         listed_seen = not self.ranker.exclude_seen
+        allowed = None if self.ranker.allowed is None else self.ranker.allowed.numpy()
         rows = []
         for row, history in enumerate(histories):
             candidates = found[row][found[row] > 0]
             if listed_seen:
-                allowed = self.ranker.allowed
                 own = np.unique(history)
-                own = own[(own > 0) & (True if allowed is None else allowed.numpy()[own])]
+                own = own[(own > 0) & (True if allowed is None else allowed[own])]
                 candidates = np.union1d(candidates, own)
             rows.append(candidates)
         width = max(max((len(candidates) for candidates in rows), default=0), 1)

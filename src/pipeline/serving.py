@@ -26,7 +26,7 @@ from pipeline.models import Catalog, Recommender, build_model
 from pipeline.models.registry import empty_catalog
 from pipeline.outputs import load_model_state, read_run_config, resolve_run
 from pipeline.ranking import Ranker, Rankings
-from pipeline.retrieval import ListMaker
+from pipeline.retrieval import ListMaker, retrieval_vectors_of
 from pipeline.storage import read_json_file
 
 log = logging.getLogger("pipeline")
@@ -120,8 +120,8 @@ def embedding_tables(model: Recommender, data: PreparedData, config: Config) -> 
         events = None if cases.history_events is None else cases.history_events[start:end]
         vectors, items = model.retrieval_vectors(cases.histories[start:end], events)
         users.extend(vectors.float().cpu().numpy())
-    if items is None:
-        items = model.retrieval_vectors([np.zeros(1, dtype=np.int64)])[1]
+    if items is None:  # no user to list
+        items = retrieval_vectors_of(model)[1]
     item_vectors = items.float().cpu().numpy()[1:]
     return (
         pd.DataFrame({"item_id": data.item_ids[1:], "vector": list(item_vectors)}),

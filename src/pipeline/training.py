@@ -280,7 +280,6 @@ def fit(
     return state.history
 
 
-
 def negative_sampler(model: torch.nn.Module, config: TrainConfig) -> NegativeSampler | None:
     """The sampled softmax's candidate draw where `train.loss` resolves to sampled for a model that trains a
     softmax over the catalog (`Recommender.softmax_over_items`); None for the full softmax."""
@@ -364,8 +363,6 @@ class WeightAverage:
         self.steps = stored["steps"]
         for average, value in zip(self.averages, stored["averages"]):
             average.copy_(value)
-
-
 
 
 def window_batches(
