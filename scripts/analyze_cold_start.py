@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.config import load_config
 from pipeline.data import load_data, prepare
-from pipeline.data.prepare import TEST
+from pipeline.data.prepared import TEST
 from pipeline.evaluation import ranking_metrics
 from pipeline.recipes.compare import compare
 

@@ -10,7 +10,7 @@ import torch
 import pipeline
 from pipeline.config import load_config
 from pipeline.data import TEST, VALID, load_data, prepare
-from pipeline.data.prepare import CONTEXT, TRAIN
+from pipeline.data.prepared import CONTEXT, TRAIN
 from pipeline.errors import PipelineInputError
 from tests import shop_log
 from tests.conftest import REPO

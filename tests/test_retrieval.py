@@ -10,7 +10,7 @@ import torch
 import pipeline
 from pipeline.config import load_config
 from pipeline.data import load_data, prepare
-from pipeline.data.prepare import ALL_EVENTS
+from pipeline.data.prepared import ALL_EVENTS
 from pipeline.ranking import ListPolicy, Ranker, history_mask, rank_users
 from pipeline.retrieval import AnnLists
 from tests import shop_log

@@ -21,6 +21,7 @@ _EXPORTS = {
     **dict.fromkeys(["LoadedRun", "load_run", "recommend"], "pipeline.serving"),
     **dict.fromkeys(["Config", "load_config"], "pipeline.config"),
     **dict.fromkeys(["PreparedData", "TrainView", "load_data", "prepare"], "pipeline.data"),
+    **dict.fromkeys(["load_prepared"], "pipeline.data.shards"),
     **dict.fromkeys(["TextEncoder", "encode_behavior", "encode_items", "encode_texts"], "pipeline.encoding"),
     **dict.fromkeys(["PipelineInputError", "StorageError"], "pipeline.errors"),
     **dict.fromkeys(["Recommender", "build_model", "register"], "pipeline.models"),

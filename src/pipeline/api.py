@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from pipeline.config import Config, load_config
-from pipeline.data import TEST, VALID, EvalCases, PreparedData, load_data, prepare
+from pipeline.data import TEST, VALID, EvalCases, PreparedData
+from pipeline.data.shards import load_prepared
 from pipeline.encoding import EncodingStats, encode_items, encoder_identity, resolve_model_source
 from pipeline.evaluation import Validator, evaluate_model
 from pipeline.models import Catalog, Recommender, build_model, uses_text
@@ -149,7 +150,7 @@ def validate(config_or_path: str | Path | dict | Config, overrides: list[str] | 
     """
     config = load_config(config_or_path, overrides)
     preflight(config, [config.model], "output.root")
-    data = prepare(load_data(config.data), config.data, config.eval.target_event_types)
+    data, _ = load_prepared(config.data, config.eval.target_event_types, persist=False)
     representation = getattr(config.model, "item_representation", None)
     return {
         "events": len(data.events), "events_per_split": data.events["split"].value_counts().to_dict(),

@@ -229,7 +229,10 @@ class Config(Section):
         return {entry.display_name: entry for entry in self.compare.models}
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        payload = self.model_dump(mode="json")
+        if self.data.engine == "pandas":  # read by nothing then: a resolved config must load back
+            del payload["data"]["shards"]
+        return payload
 
     def to_yaml(self) -> str:
         return dump_yaml(self.to_dict())

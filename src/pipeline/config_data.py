@@ -179,7 +179,26 @@ class SplitConfig(Section):
     """time_cut: share of the newest events that are test events."""
 
 
+class ShardsConfig(Section):
+    count: int = Field(16, ge=1, le=4096)
+    """Parquet shards of the prepared log, by a hash of the user id (md5): a user's events are in one shard, and a
+    torchrun rank reads only its own shards (shard s goes to rank s mod world size)."""
+    dir: str = ".cache/prepared"
+    """Where prepared logs are kept, one folder per input fingerprint and data config: later runs and every rank
+    read them instead of preparing again."""
+    memory_limit_gb: float = Field(4.0, gt=0)
+    """DuckDB's memory limit; beyond it, sorts, joins and windows spill to a temporary folder beside the shards."""
+    threads: int | None = Field(None, ge=1)
+    """DuckDB's threads (None: every core)."""
+
+
 class DataConfig(Section):
+    engine: Literal["pandas", "duckdb"] = "pandas"
+    """pandas: load and prepare in memory, every run. duckdb: out of core, for logs beyond memory: columns and the
+    event-type filter are pushed into the Parquet or CSV scan, sorting and splitting spill to disk, and the result
+    is kept as Parquet shards (`data.shards`) that later runs reuse. Both give the same prepared data."""
+    shards: ShardsConfig = ShardsConfig()
+    """The prepared log's shards (data.engine: duckdb)."""
     interactions: InteractionsConfig
     """The behavior log: one row per event."""
     items: ItemsConfig
@@ -200,6 +219,17 @@ class DataConfig(Section):
     they appear only in the test period; metrics then also report cold_* restricted to test events on them."""
     cold_item_seed: int = Field(0, ge=0, le=MAX_SEED)
     """Seed of the draw of the cold items."""
+
+    @model_validator(mode="after")
+    def _shards_need_duckdb(self):
+        if self.engine == "pandas" and "shards" in self.model_fields_set:
+            raise ValueError("shards is read only with engine: duckdb (the pandas engine keeps nothing on disk)")
+        jsonl = self.interactions.format == "jsonl" or (
+            self.interactions.format == "auto" and self.interactions.path.lower().endswith((".jsonl", ".ndjson"))
+        )
+        if self.engine == "duckdb" and jsonl:
+            raise ValueError("engine duckdb reads interactions from Parquet or CSV; convert the JSONL log, or use engine: pandas")
+        return self
 
     @field_validator("rating_range")
     @classmethod

@@ -190,6 +190,7 @@ def resolve_paths(config, base_dir: Path, check: bool) -> None:
         if check and not Path(section.path).is_file():
             raise PipelineInputError(f"data.{key}.path: file not found: {section.path}")
     config.encoder.cache_dir = resolve(config.encoder.cache_dir)
+    config.data.shards.dir = resolve(config.data.shards.dir)
     encoder_model = config.encoder.model
     if encoder_model.startswith((".", "/", "~")):
         config.encoder.model = resolve(encoder_model)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
+from pipeline.errors import PipelineInputError
+
 log = logging.getLogger("pipeline")
 
 
@@ -50,6 +52,27 @@ def is_main() -> bool:
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+def run_on_main(work: Callable[[], None]) -> None:
+    """`work()` on rank 0 while the other ranks wait; a bad-input error there is raised on every rank, so no rank
+    is left waiting for a rank that gave up."""
+    if world_size() == 1:
+        work()
+        return
+    message = [None]
+    if is_main():
+        try:
+            work()
+        except PipelineInputError as err:
+            message[0] = str(err)
+            raise
+        finally:
+            dist.broadcast_object_list(message, src=0)
+    else:
+        dist.broadcast_object_list(message, src=0)
+        if message[0] is not None:
+            raise PipelineInputError(message[0])
 
 
 def sum_across_ranks(value: float) -> float:

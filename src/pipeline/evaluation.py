@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.data.prepare import EvalCases
+from pipeline.data.prepared import EvalCases
 from pipeline.distributed import map_sharded
 from pipeline.ranking import ListPolicy, Ranker, Rankings, rank_users
 

@@ -20,7 +20,7 @@ from pipeline.config import Config
 from pipeline.data import PreparedData
 from pipeline.data.features import ItemFeatures
 from pipeline.data.load import clean_ids, load_interactions, parse_timestamps, read_table
-from pipeline.data.prepare import ALL_EVENTS, TEST
+from pipeline.data.prepared import ALL_EVENTS, TEST
 from pipeline.errors import PipelineInputError, shorten
 from pipeline.models import Catalog, Recommender, build_model
 from pipeline.models.registry import empty_catalog

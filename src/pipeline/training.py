@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline import distributed
 from pipeline.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from pipeline.config import TrainConfig
-from pipeline.data.prepare import TrainView
+from pipeline.data.prepared import TrainView
 from pipeline.encoding import resolve_device
 from pipeline.errors import PipelineInputError
 from pipeline.evaluation import Validator

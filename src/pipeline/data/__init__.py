@@ -7,7 +7,8 @@ from pipeline.data.load import (
     load_items,
     read_table,
 )
-from pipeline.data.prepare import TEST, TRAIN, VALID, EvalCases, PreparedData, TrainView, prepare
+from pipeline.data.prepare import prepare
+from pipeline.data.prepared import TEST, TRAIN, VALID, EvalCases, PreparedData, TrainView
 
 __all__ = [
     "RawData", "load_data", "load_interactions", "load_items", "read_table",

@@ -74,17 +74,16 @@ def read_table(path: str | Path, file_format: str = "auto", columns: list[str] |
     except Exception as err:  # pyarrow and json raise their own types for corrupt files
         raise PipelineInputError(f"{path}: cannot read as {file_format}: {type(err).__name__}: {err}") from None
     if columns is not None:
-        _require_columns(frame, columns, path)
+        require_columns([str(c) for c in frame.columns], columns, path)
         frame = frame[columns]
     if frame.empty:
         raise PipelineInputError(f"{path}: no data rows")
     return frame.reset_index(drop=True)
 
 
-def _require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
-    available = [str(c) for c in frame.columns]
+def require_columns(available: list[str], columns: list[str], path: Path) -> None:
     for column in columns:
-        if column not in frame.columns:
+        if column not in available:
             by_lower = {name.lower(): name for name in available}
             close = difflib.get_close_matches(column.lower(), list(by_lower), n=1, cutoff=0.5)
             hint = f" (did you mean {by_lower[close[0]]!r}?)" if close else ""

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.data.prepare import TrainView
+from pipeline.data.prepared import TrainView
 from pipeline.models.base import Catalog, ScoringModel, pad_histories
 from pipeline.models.items import event_types, item_representation
 from pipeline.models.sequence import ItemSequenceSection, log_popularity, representation_uses_text, weighted_mean

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from pipeline.data.features import ItemFeatures
-from pipeline.data.prepare import TrainView
+from pipeline.data.prepared import TrainView
 from pipeline.ranking import popularity_order, top_indices
 from pipeline.schema import ModelSection
 

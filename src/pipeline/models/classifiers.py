@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pipeline.data.prepare import TrainView
+from pipeline.data.prepared import TrainView
 from pipeline.errors import PipelineInputError
 from pipeline.models.base import Catalog, ScoringModel, recency_weights
 from pipeline.models.content import ProfileSection

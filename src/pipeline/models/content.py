@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import torch
 from pydantic import Field
 
-from pipeline.data.prepare import TrainView
+from pipeline.data.prepared import TrainView
 from pipeline.models.base import Catalog, ScoringModel, recency_weights
 from pipeline.schema import ModelSection
 

@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 import torch
 
-from pipeline.data.prepare import TrainView
+from pipeline.data.prepared import TrainView
 from pipeline.evaluation import ranking_metrics
 from pipeline.models.base import Catalog, Recommender
 from pipeline.ranking import history_mask, rank_users

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from pipeline.data.prepare import TrainView
+from pipeline.data.prepared import TrainView
 from pipeline.models.base import Catalog, Recommender
 from pipeline.schema import ModelSection
 

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from pipeline.data.prepare import TrainView
+from pipeline.data.prepared import TrainView
 from pipeline.models.backbones import RecurrentBackbone, TransformerBackbone
 from pipeline.models.base import Catalog, Recommender, pad_histories
 from pipeline.models.items import event_types, item_representation

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from pipeline import distributed
 from pipeline.config import Config, load_config
-from pipeline.data import PreparedData, load_data, prepare
+from pipeline.data import PreparedData
+from pipeline.data.shards import load_prepared
 from pipeline.encoding import EncodingStats
 from pipeline.errors import PipelineInputError
 from pipeline.outputs import LATEST, RunDirectory, elapsed, find_resumable, manifest, utc_now
-from pipeline.storage import file_fingerprint, read_json_file
+from pipeline.storage import read_json_file
 
 log = logging.getLogger("pipeline")
 
@@ -63,9 +64,7 @@ class RunContext:
 
     def load(self) -> PreparedData:
         with self.stage("load_prepare"):
-            raw = load_data(self.config.data)
-            data = prepare(raw, self.config.data, self.config.eval.target_event_types)
-        self.inputs = [file_fingerprint(path) for path in raw.source_files]
+            data, self.inputs = load_prepared(self.config.data, self.config.eval.target_event_types)
         if self.output.resumed:
             _check_same_inputs(self.output.file("inputs.json"), self.inputs)
         else:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from pipeline.data.prepare import PreparedData
+from pipeline.data.prepared import PreparedData
 
 SECONDS_PER_DAY = 86_400
 SHARE_PREFIX = "share:"
