@@ -78,11 +78,17 @@ def load_prepared(
             folder = Path(scratch) / folder.name
             _prepare_folder(config, target_event_types, folder, fingerprints)
             return read_prepared(folder, config, target_event_types, shards), fingerprints
-    if not (folder / "manifest.json").is_file():
-        distributed.run_on_main(lambda: _prepare_folder(config, target_event_types, folder, fingerprints))
-    else:
+    return read_prepared(prepared_folder(config, target_event_types, fingerprints), config, target_event_types, shards), fingerprints
+
+
+def prepared_folder(config: DataConfig, target_event_types: list[str] | None, fingerprints: list[dict]) -> Path:
+    """The prepared folder of these inputs and this data config, prepared now if there is none."""
+    folder = Path(config.shards.dir) / prepared_key(config, target_event_types, fingerprints)
+    if (folder / "manifest.json").is_file():
         log.info("reading the prepared log %s", folder)
-    return read_prepared(folder, config, target_event_types, shards), fingerprints
+    else:
+        distributed.run_on_main(lambda: _prepare_folder(config, target_event_types, folder, fingerprints))
+    return folder
 
 
 def prepared_key(config: DataConfig, target_event_types: list[str] | None, fingerprints: list[dict]) -> str:
