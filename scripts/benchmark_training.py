@@ -30,7 +30,8 @@ from pipeline.config_models import model_section
 from pipeline.data import load_data, prepare
 from pipeline.encoding import native_bf16
 from pipeline.models import model_class
-from pipeline.training import training_autocast, training_dtype, training_windows, window_batches
+from pipeline.training import training_autocast, training_dtype
+from pipeline.windows import training_windows, window_batches
 
 REPO = Path(__file__).resolve().parents[1]
 

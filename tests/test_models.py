@@ -130,7 +130,7 @@ def test_new_user_is_scored_from_history_alone():
 
 
 def test_training_windows_cover_every_target_once(tmp_path):
-    from pipeline.training import training_windows
+    from pipeline.windows import training_windows
     from tests.conftest import config_for, write_items, write_log
 
     # One user with items 11..19 in order: the last two are valid/test, so training holds 11..17 (7 events).

@@ -11,7 +11,7 @@ import pipeline
 from pipeline.config import load_config
 from pipeline.data import load_data, prepare
 from pipeline.models.sampled import Candidates, NegativeSampler
-from pipeline.training import training_windows, window_batches
+from pipeline.windows import training_windows, window_batches
 from tests import shop_log
 from tests.conftest import REPO
 

@@ -19,7 +19,9 @@ import torch
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, VALID, EvalCases, PreparedData
 from pipeline.data.shards import load_prepared
+from pipeline.distributed import gather_rows
 from pipeline.encoding import EncodingStats, encode_items, encoder_identity, resolve_model_source
+from pipeline.errors import PipelineInputError
 from pipeline.evaluation import Validator, evaluate_model
 from pipeline.models import Catalog, Recommender, build_model, uses_text
 from pipeline.models.base import repeat_share_of
@@ -75,6 +77,11 @@ def train(
 ) -> list[dict]:
     """Fit the model on the training view (statistics, then the gradient loop; see `training.fit` for checkpoint and
     stop); `before_loop` hooks run between the two; `validation` (default: the validation split) selects the epoch."""
+    if data.rank_local and not model.fits_on_rank_shards:
+        raise PipelineInputError(
+            f"{type(model).__name__} learns from the whole log at once, so it cannot train under torchrun on rank shards "
+            "(data.engine: duckdb); train it in one process"
+        )
     fitter = Fitter(
         config.train, validator(data, config, validation), config.seed, progress, checkpoint, stop, list(before_loop or [])
     )
@@ -98,7 +105,7 @@ def protocol(data: PreparedData, config: Config) -> dict:
         "n_items": data.n_items,
         **candidate_policy(data, config),
         "ks": config.eval.ks,
-        "users_evaluated": {split: len(data.eval_cases(split)) for split in (VALID, TEST)},
+        "users_evaluated": {split: len(gather_rows(data.eval_cases(split).users, data.rank_local)) for split in (VALID, TEST)},
         "model_selection": f"valid ndcg@{config.eval.select_k}",
         "category_metrics": "predicted category of the next interaction; correct if it is any of the item's categories; macro averages",
         "rating_metrics": "rating of the next interaction" if data.has_ratings else "not available (no rating column)",

@@ -83,11 +83,42 @@ def sum_across_ranks(value: float) -> float:
     return float(total.item())
 
 
-def map_sharded(compute: Callable[[list[int]], list], n_rows: int) -> list:
+def sum_tensor_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the ranks, in place (the ranks' own counts of their own shards add up to the log's)."""
+    if world_size() > 1:
+        summed = tensor.to(_collective_device(), torch.float64)
+        dist.all_reduce(summed)
+        tensor.copy_(summed.to(tensor.device, tensor.dtype))
+    return tensor
+
+
+def max_across_ranks(value: int) -> int:
+    if world_size() == 1:
+        return value
+    top = torch.tensor([value], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    return int(top.item())
+
+
+def gather_rows(values, rank_local: bool) -> list:
+    """Rank-local rows (`rank_local`: every rank holds its own users) of all ranks, concatenated in rank order: the
+    order `map_sharded(..., rank_local=True)` returns results in. Otherwise `values` as they are."""
+    if not rank_local or world_size() == 1:
+        return list(values)
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, list(values))
+    return [value for part in gathered for value in part]
+
+
+def map_sharded(compute: Callable[[list[int]], list], n_rows: int, rank_local: bool = False) -> list:
     """`compute(rows)` for every row index 0..n_rows-1, rows split round-robin across ranks, results in row order.
 
-    `compute` returns one result per row it is given; every rank gets the full list back.
+    `compute` returns one result per row it is given; every rank gets the full list back. With `rank_local` the rows
+    are already this rank's own (torchrun on data.engine duckdb's shards): each rank computes all of its rows and
+    every rank gets all ranks' results, in rank order (`gather_rows`).
     """
+    if rank_local:
+        return gather_rows(compute(list(range(n_rows))), rank_local)
     if world_size() == 1:
         return compute(list(range(n_rows)))
     mine = list(range(rank(), n_rows, world_size()))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pipeline.data.prepared import EvalCases
-from pipeline.distributed import map_sharded
+from pipeline.distributed import gather_rows, map_sharded
 from pipeline.ranking import ListPolicy, Ranker, Rankings, rank_users
 
 # ---- pure metric functions ---------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ class Validator:
     def __call__(self, model) -> dict[str, float]:
         rankings = rank_users(
             model, self.cases.histories, self.cases.targets, self.k, self.ranker(model), self.user_batch_size,
-            self.cases.history_events,
+            self.cases.history_events, self.cases.rank_local,
         )
         metrics = ranking_metrics(rankings.target_ranks, [self.k])
         return {name: value for name, value in metrics.items() if name.startswith(("ndcg", "hit_rate"))}
@@ -116,11 +116,15 @@ def evaluate_model(
     With `cold_items`, ranking metrics are also reported as `cold_*` over the users whose next item is cold.
     """
     ranker = Ranker.for_model(model, policy)
-    events = cases.history_events
-    rankings = rank_users(model, cases.histories, cases.targets, max(max(ks), list_length), ranker, user_batch_size, events)
+    events, local = cases.history_events, cases.rank_local
+    rankings = rank_users(
+        model, cases.histories, cases.targets, max(max(ks), list_length), ranker, user_batch_size, events, local
+    )
+    # Per-user facts of every rank's users, in the order the gathered results come in.
+    next_items = np.array(gather_rows(cases.next_items, local), dtype=np.int64)
     metrics = ranking_metrics(rankings.target_ranks, ks)
     if cold_items is not None and len(cold_items):
-        is_cold = np.isin(cases.next_items, cold_items)
+        is_cold = np.isin(next_items, cold_items)
         cold_ranks = [ranks[:1] for ranks, cold in zip(rankings.target_ranks, is_cold) if cold]
         metrics.update({f"cold_{name}": value for name, value in ranking_metrics(cold_ranks, ks).items()})
         metrics["cold_users"] = len(cold_ranks)
@@ -128,19 +132,19 @@ def evaluate_model(
         metrics[f"coverage@{k}"] = catalog_coverage(rankings.top_items[:, :k], n_items)
     metrics["coverage"] = catalog_coverage(rankings.top_items[:, :list_length], n_items)
 
-    next_items = cases.next_items
     predicted_categories = _in_chunks(
         lambda rows: model.predict_category(_rows(cases.histories, rows), _rows(events, rows)).argmax(dim=1),
-        len(cases), user_batch_size,
+        len(cases), user_batch_size, local,
     ).astype(np.int64)
     metrics.update(category_metrics([item_categories[item] for item in next_items], predicted_categories))
     if cases.next_ratings is not None:
+        own_next_items = cases.next_items
         predicted_ratings = _in_chunks(
-            lambda rows: model.predict_rating(_rows(cases.histories, rows), next_items[rows], _rows(events, rows)),
-            len(cases), user_batch_size,
+            lambda rows: model.predict_rating(_rows(cases.histories, rows), own_next_items[rows], _rows(events, rows)),
+            len(cases), user_batch_size, local,
         )
-        metrics.update(rating_metrics(cases.next_ratings, predicted_ratings))
-    metrics["users"] = len(cases)
+        metrics.update(rating_metrics(np.array(gather_rows(cases.next_ratings, local)), predicted_ratings))
+    metrics["users"] = len(next_items)
     return metrics, Rankings(rankings.target_ranks, rankings.top_items[:, :list_length], rankings.top_scores[:, :list_length])
 
 
@@ -148,11 +152,11 @@ def _rows(per_user: list | None, rows) -> list | None:
     return None if per_user is None else [per_user[row] for row in rows]
 
 
-def _in_chunks(predict, n_users: int, chunk_size: int) -> np.ndarray:
+def _in_chunks(predict, n_users: int, chunk_size: int, rank_local: bool = False) -> np.ndarray:
     """`predict(rows)` over chunks of user rows (split across ranks under torchrun), one value per user in order."""
 
     def predict_rows(rows: list[int]) -> list:
         chunks = [np.array(rows[start : start + chunk_size]) for start in range(0, len(rows), chunk_size)]
         return [value for chunk in chunks for value in predict(chunk).float().cpu().numpy()]
 
-    return np.array(map_sharded(predict_rows, n_users))
+    return np.array(map_sharded(predict_rows, n_users, rank_local))

@@ -30,6 +30,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from pipeline import faults
 from pipeline.config import Config, load_config
+from pipeline.distributed import gather_rows
 from pipeline.encoding import resolve_device
 from pipeline.errors import PipelineInputError, clip
 from pipeline.storage import (
@@ -328,7 +329,10 @@ def elapsed(started: float) -> float:
 
 def manifest(config, config_path: Path, inputs: list[dict], data, encoding, timings: dict, started_at: str) -> dict:
     """`inputs`: the input files' fingerprints, as hashed when the run loaded them."""
-    split_counts = data.events["split"].value_counts().to_dict()
+    split_counts: dict[str, int] = {}
+    for counts in gather_rows([data.events["split"].value_counts().to_dict()], data.rank_local):
+        for split, count in counts.items():  # rank shards: every rank counts its own users' events
+            split_counts[split] = split_counts.get(split, 0) + int(count)
     return {
         "name": config.name,
         "config_sha256": file_fingerprint(config_path)["sha256"],
@@ -336,11 +340,14 @@ def manifest(config, config_path: Path, inputs: list[dict], data, encoding, timi
         "finished_at": utc_now(),
         "data": {
             "files": inputs,
-            "events": int(len(data.events)),
+            "events": sum(split_counts.values()),
             "events_per_split": {key: int(value) for key, value in split_counts.items()},
             "users": data.n_users,
             "items": data.n_items,
             "categories": len(data.category_names),
+            **({} if not data.rank_local else {"ranks": gather_rows([{
+                "shards": data.shards, "users": int(data.events["user"].nunique()), "events": int(len(data.events)),
+            }], True)}),
         },
         "encoding": encoding.to_dict() if encoding else None,
         "timings_seconds": timings,

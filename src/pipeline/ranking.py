@@ -166,11 +166,12 @@ class Ranker:
 @torch.inference_mode()
 def rank_users(
     model, histories: list[np.ndarray], targets: list[np.ndarray] | None, list_length: int, ranker: Ranker,
-    user_batch_size: int, events: list[np.ndarray] | None = None,
+    user_batch_size: int, events: list[np.ndarray] | None = None, rank_local: bool = False,
 ) -> Rankings:
     """Score the full catalog for users in chunks; rank the targets and keep each user's top `list_length` items.
 
-    Under torchrun the users are split across ranks and the results gathered, so every rank returns all of them.
+    Under torchrun the users are split across ranks and the results gathered, so every rank returns all of them
+    (with `rank_local`, the users are already this rank's own: see `map_sharded`).
     """
 
     def rank_rows(rows: list[int]) -> list:
@@ -188,7 +189,7 @@ def rank_users(
             chunk_size = max(1, min(user_batch_size, SCORE_BUDGET // scores.shape[1]))
         return results
 
-    per_user = map_sharded(rank_rows, len(histories))
+    per_user = map_sharded(rank_rows, len(histories), rank_local)
     if not per_user:
         return Rankings([], np.zeros((0, list_length), dtype=np.int64), np.zeros((0, list_length), dtype=np.float32))
     target_ranks, top_items, top_scores = zip(*per_user)

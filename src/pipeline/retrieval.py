@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pipeline.config import OutputConfig
-from pipeline.distributed import map_sharded
+from pipeline.distributed import gather_rows, map_sharded
 from pipeline.errors import PipelineInputError
 from pipeline.ranking import NonFiniteScores, Ranker, Rankings, rank_users
 
@@ -85,7 +85,9 @@ class AnnLists:
         self.index = AnnIndex(probe[1].cpu().numpy(), allowed, ef_search=ef_search)
 
     @torch.inference_mode()
-    def rank(self, histories: list[np.ndarray], length: int, events: list[np.ndarray] | None = None) -> Rankings:
+    def rank(
+        self, histories: list[np.ndarray], length: int, events: list[np.ndarray] | None = None, rank_local: bool = False
+    ) -> Rankings:
         def rank_rows(rows: list[int]) -> list:
             results = []
             for start in range(0, len(rows), QUERY_CHUNK):
@@ -95,7 +97,7 @@ class AnnLists:
                 results.extend(self._rank_chunk(chunk, chunk_events, length))
             return results
 
-        per_user = map_sharded(rank_rows, len(histories))
+        per_user = map_sharded(rank_rows, len(histories), rank_local)
         if not per_user:
             return Rankings([], np.zeros((0, length), dtype=np.int64), np.zeros((0, length), dtype=np.float32))
         top_items, top_scores = zip(*per_user)
@@ -127,10 +129,12 @@ class AnnLists:
 
 
 class ListMaker:
-    """The lists of one model under `output.retrieval`: exact ranking, or ANN (the index is built once)."""
+    """The lists of one model under `output.retrieval`: exact ranking, or ANN (the index is built once). With
+    `rank_local`, the histories given are this rank's own users and the lists come back for every rank's."""
 
-    def __init__(self, model, ranker: Ranker, output: OutputConfig, user_batch_size: int):
+    def __init__(self, model, ranker: Ranker, output: OutputConfig, user_batch_size: int, rank_local: bool = False):
         self.model, self.ranker, self.output, self.user_batch_size = model, ranker, output, user_batch_size
+        self.rank_local = rank_local
         self.ann = None
         if output.retrieval == "ann":
             if retrieval_vectors_of(model) is None:
@@ -139,10 +143,12 @@ class ListMaker:
                 self.ann = AnnLists(model, ranker, output.ann_ef_search)
 
     def exact(self, histories: list[np.ndarray], length: int, events: list[np.ndarray] | None = None) -> Rankings:
-        return rank_users(self.model, histories, None, length, self.ranker, self.user_batch_size, events)
+        return rank_users(self.model, histories, None, length, self.ranker, self.user_batch_size, events, self.rank_local)
 
     def rank(self, histories: list[np.ndarray], length: int, events: list[np.ndarray] | None = None) -> Rankings:
-        return self.exact(histories, length, events) if self.ann is None else self.ann.rank(histories, length, events)
+        if self.ann is None:
+            return self.exact(histories, length, events)
+        return self.ann.rank(histories, length, events, self.rank_local)
 
     def check(self, lists: Rankings, histories: list[np.ndarray], events: list[np.ndarray] | None = None,
               exact: Rankings | None = None) -> dict | None:
@@ -150,12 +156,20 @@ class ListMaker:
         against `exact`, already ranked for the same users); None for exact lists."""
         if self.ann is None:
             return None
-        users = min(self.output.ann_check_users, len(histories))
         length = lists.top_items.shape[1]
+        # The first users of each rank (its own rows start where the previous ranks' end in the gathered lists).
+        counts = gather_rows([len(histories)], self.rank_local)
+        users = min(self.output.ann_check_users, len(histories))
+        checked_counts = gather_rows([users], self.rank_local)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        rows = np.concatenate([np.arange(start, start + taken) for start, taken in zip(starts, checked_counts)]).astype(np.int64)
         if exact is None:
             exact = self.exact(histories[:users], length, None if events is None else events[:users])
-        checked = Rankings([], lists.top_items[:users], lists.top_scores[:users])
-        recall = recall_against_exact(checked, Rankings([], exact.top_items[:users, :length], exact.top_scores[:users, :length]))
+        else:
+            exact = Rankings([], exact.top_items[rows], exact.top_scores[rows])
+        users = len(rows)
+        checked = Rankings([], lists.top_items[rows], lists.top_scores[rows])
+        recall = recall_against_exact(checked, Rankings([], exact.top_items[:, :length], exact.top_scores[:, :length]))
         report = {
             "method": "ann", "index": f"HNSW (faiss), {len(self.ann.index)} items, efSearch {self.output.ann_ef_search}",
             f"recall@{length}_vs_exact": round(recall, 4), "users_checked": users,

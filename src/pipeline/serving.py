@@ -21,6 +21,7 @@ from pipeline.data import PreparedData
 from pipeline.data.features import ItemFeatures
 from pipeline.data.load import clean_ids, load_interactions, parse_timestamps, read_table
 from pipeline.data.prepared import ALL_EVENTS, TEST
+from pipeline.distributed import gather_rows
 from pipeline.errors import PipelineInputError, shorten
 from pipeline.models import Catalog, Recommender, build_model
 from pipeline.models.registry import empty_catalog
@@ -95,19 +96,21 @@ def recommendation_frame(user_ids: np.ndarray, item_ids: np.ndarray, rankings: R
     )
 
 
-def list_maker(model: Recommender, config: Config) -> ListMaker:
+def list_maker(model: Recommender, config: Config, rank_local: bool = False) -> ListMaker:
     """How lists are ranked for `model` under `config`: the evaluation's policy, exact or ANN (`output.retrieval`)."""
-    return ListMaker(model, Ranker.for_model(model, list_policy(config)), config.output, config.eval.user_batch_size)
+    policy = Ranker.for_model(model, list_policy(config))
+    return ListMaker(model, policy, config.output, config.eval.user_batch_size, rank_local)
 
 
 def serving_lists(model: Recommender, data: PreparedData, config: Config) -> tuple[pd.DataFrame, dict | None]:
     """`output.users: all`: a list for every user, ranked from the whole log, by the evaluation's policy; and with
     ANN retrieval, its recall against exact lists (`ListMaker.check`)."""
     cases = data.eval_cases(ALL_EVENTS)
-    lists = list_maker(model, config)
+    lists = list_maker(model, config, cases.rank_local)
     rankings = lists.rank(cases.histories, config.output.top_k, cases.history_events)
     report = lists.check(rankings, cases.histories, cases.history_events)
-    return recommendation_frame(data.user_ids[cases.users], data.item_ids, rankings), report
+    users = np.array(gather_rows(cases.users, cases.rank_local), dtype=np.int64)
+    return recommendation_frame(data.user_ids[users], data.item_ids, rankings), report
 
 
 @torch.inference_mode()
@@ -125,7 +128,10 @@ def embedding_tables(model: Recommender, data: PreparedData, config: Config) -> 
     item_vectors = items.float().cpu().numpy()[1:]
     return (
         pd.DataFrame({"item_id": data.item_ids[1:], "vector": list(item_vectors)}),
-        pd.DataFrame({"user_id": data.user_ids[cases.users], "vector": users}),
+        pd.DataFrame({
+            "user_id": data.user_ids[np.array(gather_rows(cases.users, cases.rank_local), dtype=np.int64)],
+            "vector": gather_rows(users, cases.rank_local),
+        }),
     )
 
 

@@ -31,6 +31,7 @@ from pipeline.errors import PipelineInputError
 from pipeline.evaluation import Validator
 from pipeline.models.sampled import NegativeSampler
 from pipeline.ranking import NonFiniteScores
+from pipeline.windows import rank_window_batches, training_windows, window_batches
 
 log = logging.getLogger("pipeline")
 
@@ -39,69 +40,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@dataclass
-class TrainingWindows:
-    """Right-padded windows of training sequences: every position predicts the next item (0 = no target)."""
-
-    inputs: np.ndarray  # [windows, L]
-    targets: np.ndarray  # [windows, L]
-    target_ratings: np.ndarray | None  # [windows, L]
-    input_events: np.ndarray | None = None  # [windows, L] event-type codes of the inputs, when the log has types
-    target_weights: np.ndarray | None = None  # [windows, L] loss weights of the targets (event type, value)
-    target_events: np.ndarray | None = None  # [windows, L] event-type codes of the targets
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-
-def training_windows(train: TrainView, max_length: int, stride: int | None = None) -> TrainingWindows:
-    """Cut each user's training sequence into windows of up to `max_length` inputs, newest first.
-
-    Windows end every `stride` events (default `max_length`); a window predicts only its newest `stride` targets, the
-    earlier positions are context. So every training event except a user's first is a target exactly once, and with a
-    stride below `max_length` each target sees at least `max_length - stride` earlier items, close to what the model
-    sees at evaluation time.
-    """
-    stride = min(stride or max_length, max_length)
-    sequences = train.sequences()
-    ratings = train.rating_sequences() if train.has_ratings else {}
-    events = train.sequences("event") if train.has_event_types else {}
-    weights = train.sequences("weight") if "weight" in train.events.columns else {}
-    inputs, targets, target_ratings, input_events, target_weights, target_events = [], [], [], [], [], []
-    for user, sequence in sequences.items():
-        end = len(sequence)
-        while end > 1:
-            start = max(0, end - max_length - 1)
-            window_targets = sequence[start + 1 : end].copy()
-            # Targets older than this window's stride belong to the next (older) window.
-            window_targets[: max(0, (end - stride) - (start + 1))] = 0
-            inputs.append(sequence[start : end - 1])
-            targets.append(window_targets)
-            if ratings:
-                target_ratings.append(ratings[user][start + 1 : end])
-            if events:
-                input_events.append(events[user][start : end - 1])
-                target_events.append(events[user][start + 1 : end])
-            if weights:
-                target_weights.append(weights[user][start + 1 : end])
-            end -= stride
-    return TrainingWindows(
-        inputs=_pad(inputs, max_length, np.int64),
-        targets=_pad(targets, max_length, np.int64),
-        target_ratings=_pad(target_ratings, max_length, np.float32) if ratings else None,
-        input_events=_pad(input_events, max_length, np.int64) if events else None,
-        target_weights=_pad(target_weights, max_length, np.float32) if weights else None,
-        target_events=_pad(target_events, max_length, np.int64) if events else None,
-    )
-
-
-def _pad(rows: list[np.ndarray], width: int, dtype) -> np.ndarray:
-    padded = np.zeros((len(rows), width), dtype=dtype)
-    for index, row in enumerate(rows):
-        padded[index, : len(row)] = row
-    return padded
 
 
 class StopRequest:
@@ -178,15 +116,21 @@ def fit(
     device = resolve_device(config.device)
     model.to(device)
     windows = training_windows(train, model.max_length, config.window_stride)
-    if len(windows) == 0:
-        raise PipelineInputError("data: no user has two or more training events, so there is nothing to train on")
     world = distributed.world_size()
+    # On rank shards each rank cuts windows from its own users only; the epoch is as many steps as the busiest rank.
+    all_windows = int(distributed.sum_across_ranks(len(windows))) if train.rank_local else len(windows)
+    if all_windows == 0:
+        raise PipelineInputError("data: no user has two or more training events, so there is nothing to train on")
+    if train.rank_local and len(windows) == 0:
+        raise PipelineInputError(f"data.shards: rank {distributed.rank()} holds no user with two training events; use fewer ranks")
+    local_batch = -(-config.batch_size // world)
+    local_steps = distributed.max_across_ranks(-(-len(windows) // local_batch)) if train.rank_local else None
     # Several processes (torchrun): DistributedDataParallel averages the gradients across ranks after each backward.
     trained = model if world == 1 else DistributedDataParallel(
         model, device_ids=[device.index or 0] if device.type == "cuda" else None, find_unused_parameters=True
     )
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = -(-len(windows) // config.batch_size)
+    steps_per_epoch = local_steps or -(-len(windows) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch))
     average = WeightAverage(parameters, config.weight_average_decay)
     sampler = negative_sampler(model, config)
@@ -209,7 +153,10 @@ def fit(
             started = time.perf_counter()
             model.train()
             totals = {name: 0.0 for name in loss_weights}
-            batches = window_batches(windows, config.batch_size, order_rng, device, distributed.rank(), world)
+            batches = (
+                window_batches(windows, config.batch_size, order_rng, device, distributed.rank(), world) if local_steps is None
+                else rank_window_batches(windows, local_batch, local_steps, order_rng, device)
+            )
             if sampler is not None:  # seeded per epoch, so a resumed run draws what an uninterrupted one would
                 sampler.generator.manual_seed(seed * 1_000_003 + epoch * 7_919 + distributed.rank())
             for batch in _progress(batches, show and distributed.is_main(), f"epoch {epoch}"):
@@ -236,7 +183,7 @@ def fit(
                 scheduler.step()
                 average.update()
                 for name, value in parts.items():
-                    totals[name] += float(value.detach()) * len(inputs) / len(windows)
+                    totals[name] += float(value.detach()) * len(inputs) / all_windows
             totals = {name: distributed.sum_across_ranks(value) for name, value in totals.items()}
             train_seconds = time.perf_counter() - started
 
@@ -363,32 +310,6 @@ class WeightAverage:
         self.steps = stored["steps"]
         for average, value in zip(self.averages, stored["averages"]):
             average.copy_(value)
-
-
-def window_batches(
-    windows: TrainingWindows, batch_size: int, rng: np.random.Generator, device: torch.device, rank: int = 0, world: int = 1
-):
-    """Shuffled batches of `batch_size` windows, as tensors on `device`: (inputs, targets, target ratings, input
-    events, target weights, target events), None for what the log does not have.
-
-    Under data parallelism every rank draws the same permutation and takes every `world`-th window of each batch, so
-    `batch_size` stays the global batch and the ranks together see each window once per epoch (a final batch with
-    fewer windows than ranks is dropped so that every rank takes the same number of steps).
-    """
-    order = rng.permutation(len(windows))
-    for start in range(0, len(order), batch_size):
-        if len(order[start : start + batch_size]) < world:
-            break
-        rows = order[start : start + batch_size][rank::world]
-        # Trim the batch to its longest window: most users are short, so most batches are much narrower than L.
-        width = int((windows.inputs[rows] > 0).sum(axis=1).max())
-        yield tuple(
-            None if part is None else torch.from_numpy(part[rows, :width]).to(device)
-            for part in (
-                windows.inputs, windows.targets, windows.target_ratings, windows.input_events, windows.target_weights,
-                windows.target_events,
-            )
-        )
 
 
 def _progress(iterable, show: bool, description: str):

@@ -34,6 +34,7 @@ class EvalCases:
     targets: list[np.ndarray]  # relevant item indices; targets[u][0] is the next interaction
     next_ratings: np.ndarray | None  # rating of the next interaction, when the log has ratings
     history_events: list[np.ndarray] | None = None  # event-type codes aligned with histories, when the log has types
+    rank_local: bool = False  # only this rank's users (torchrun on shards): results gather across ranks
 
     def __len__(self) -> int:
         return len(self.users)
@@ -50,6 +51,7 @@ class EvalCases:
             targets=[self.targets[row] for row in rows],
             next_ratings=None if self.next_ratings is None else self.next_ratings[rows],
             history_events=None if self.history_events is None else [self.history_events[row] for row in rows],
+            rank_local=self.rank_local,
         )
 
 
@@ -65,6 +67,7 @@ class TrainView:
     category_matrix: np.ndarray  # [n_items + 1, n_categories], see `PreparedData.category_matrix`
     recommendable: np.ndarray | None = None  # [n_items + 1] bool (None: every item)
     event_type_weights: np.ndarray | None = None  # [event types + 1]: data.interactions.event_weights by code
+    rank_local: bool = False  # `events` are this rank's users only (torchrun on shards): counts add up across ranks
 
     @property
     def n_items(self) -> int:
@@ -101,6 +104,7 @@ class PreparedData:
     target_event_types: list[str] | None = None
     item_features: ItemFeatures | None = None
     recommendable: np.ndarray | None = None  # [n_items + 1] bool (None: every item)
+    shards: list[int] | None = None  # the shards `events` come from, when not all (a torchrun rank's own)
     _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -119,6 +123,11 @@ class PreparedData:
     def has_event_types(self) -> bool:
         return "event" in self.events.columns
 
+    @property
+    def rank_local(self) -> bool:
+        """Whether `events` hold only some users (this rank's shards): counts and results add up across ranks."""
+        return self.shards is not None
+
     def sequences(self, splits: tuple[str, ...] = (TRAIN,), column: str = "item") -> dict[int, np.ndarray]:
         """Per user, `column` (item indices by default) of the events in `splits`, oldest first."""
         rows = self.events[self.events["split"].isin(splits)]
@@ -129,7 +138,7 @@ class PreparedData:
             events = self.events[self.events["split"] == TRAIN].drop(columns="split")
             self._derived["train_view"] = TrainView(
                 events, self.n_users, self.item_texts, self.item_categories, self.category_matrix(),
-                self.recommendable, self.event_type_weights,
+                self.recommendable, self.event_type_weights, self.rank_local,
             )
         return self._derived["train_view"]
 
@@ -164,6 +173,7 @@ class PreparedData:
             targets=targets,
             next_ratings=np.array(ratings) if self.has_ratings else None,
             history_events=history_events if events else None,
+            rank_local=self.rank_local,
         )
 
     def category_matrix(self) -> np.ndarray:

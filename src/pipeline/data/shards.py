@@ -46,7 +46,7 @@ NOT_IN_KEY = ("dir", "memory_limit_gb", "threads")
 
 
 def shard_of(user_id: str, count: int) -> int:
-    """The shard of one user id (what `outofcore.shard_sql` computes in SQL)."""
+    """The shard of one user id: the first 60 bits of md5(user id) modulo `count`, as the engines compute it in SQL."""
     return int(hashlib.md5(user_id.encode("utf-8")).hexdigest()[:15], 16) % count
 
 
@@ -98,9 +98,18 @@ def prepared_key(config: DataConfig, target_event_types: list[str] | None, finge
     for source in ("interactions", "items", "tags"):
         if settings.get(source):
             settings[source].pop("path")  # the contents count, not where the file lies
-    identity = {"format": FORMAT, "data": settings, "targets": target_event_types,
+    identity = {"format": FORMAT, "data": settings, "targets": target_event_types, "code": _preparation_code(),
                 "inputs": [fingerprint["sha256"] for fingerprint in fingerprints]}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:20]
+
+
+def _preparation_code() -> str:
+    """A digest of the modules that decide what a prepared folder holds: a changed preparation prepares again."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in ("load.py", "prepare_sql.py", "outofcore.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _prepare_folder(config: DataConfig, target_event_types, folder: Path, fingerprints: list[dict]) -> None:
@@ -144,8 +153,10 @@ def read_prepared(
         raise PipelineInputError(f"{folder}: item {rows.index[rows.isna()][0]!r} is not in {config.items.path}; prepare again")
     items = items.iloc[rows.to_numpy(dtype=np.int64)].reset_index(drop=True)
     events = _read_events(folder / "events", selected, manifest)
-    return assemble(events, items, user_ids, list(manifest["event_names"]), _ids(folder / "cold.parquet", "item"),
+    data = assemble(events, items, user_ids, list(manifest["event_names"]), _ids(folder / "cold.parquet", "item"),
                     config, target_event_types)
+    data.shards = None if shards is None else list(shards)
+    return data
 
 
 def _ids(path: Path, column: str) -> np.ndarray:

@@ -34,6 +34,7 @@ class TargetAttentionConfig(ItemSequenceSection):
 class TargetAttention(ScoringModel):
     config_class = TargetAttentionConfig
     item_row_parameters = ("items.id_embedding.weight", "item_bias")
+    fits_on_rank_shards = True
 
     def __init__(self, config: TargetAttentionConfig, catalog: Catalog, seed: int = 0):
         super().__init__(config, catalog)

@@ -34,6 +34,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from pipeline import distributed
 from pipeline.data.features import ItemFeatures
 from pipeline.data.prepared import TrainView
 from pipeline.ranking import popularity_order, top_indices
@@ -76,8 +77,13 @@ def pad_histories(histories: list[np.ndarray], max_length: int, device: torch.de
 
 def repeat_share_of(events) -> float:
     """Share of training events (after each user's first) whose item the user had already interacted with."""
-    could_repeat = len(events) - events["user"].nunique()
-    return int(events.duplicated(["user", "item"]).sum()) / could_repeat if could_repeat else 0.0
+    repeated, could_repeat = repeat_counts(events)
+    return repeated / could_repeat if could_repeat else 0.0
+
+
+def repeat_counts(events) -> tuple[int, int]:
+    """(events returning to an item of the user's history, events after each user's first)."""
+    return int(events.duplicated(["user", "item"]).sum()), len(events) - events["user"].nunique()
 
 
 class TrainingStatistics(torch.nn.Module):
@@ -114,19 +120,29 @@ class TrainingStatistics(torch.nn.Module):
 
     @torch.no_grad()
     def fit(self, train: TrainView) -> None:
+        """The counts of `train`; on rank-local shards (torchrun) each rank counts its own users and the counts are
+        summed across ranks, so every rank holds the log's numbers."""
         events = train.events
+        local = train.rank_local
         items = torch.from_numpy(events["item"].to_numpy(copy=True))
         counts = torch.bincount(items, minlength=train.n_items + 1).float()
         counts[0] = 0
+        if local:
+            distributed.sum_tensor_across_ranks(counts)  # whole numbers: exact in float32 up to 2^24 per item
         self.item_counts.copy_(counts)
         self.category_prior.copy_(counts @ torch.from_numpy(train.category_matrix))
-        self.repeat_share.fill_(repeat_share_of(events))
+        repeats = torch.tensor(repeat_counts(events), dtype=torch.float64)
+        if local:
+            distributed.sum_tensor_across_ranks(repeats)
+        self.repeat_share.fill_(float(repeats[0] / repeats[1]) if repeats[1] else 0.0)
         if train.recommendable is not None:
             self.recommendable.copy_(torch.from_numpy(train.recommendable))
         if train.has_ratings:
             ratings = torch.from_numpy(events["rating"].to_numpy(copy=True)).float()
-            global_mean = ratings.mean()
             sums = torch.zeros(train.n_items + 1).index_add_(0, items, ratings)
+            if local:
+                distributed.sum_tensor_across_ranks(sums)
+            global_mean = sums.sum() / counts.sum() if local else ratings.mean()
             self.global_rating_mean.fill_(global_mean)
             self.item_rating_means.copy_((sums + self.RATING_DAMPING * global_mean) / (counts + self.RATING_DAMPING))
 
@@ -147,6 +163,9 @@ class Recommender(torch.nn.Module):
     reads_text: ClassVar[bool] = False
     # Whether training is a softmax over the catalog whose `forward` takes `candidates` (sampled softmax, train.loss).
     softmax_over_items: ClassVar[bool] = False
+    # Whether `fit` learns only through the statistics (summed across ranks) and the gradient loop, so that under
+    # torchrun every rank may read only its own shards of the log (data.engine: duckdb).
+    fits_on_rank_shards: ClassVar[bool] = False
 
     def __init__(self, config: ModelSection, catalog: Catalog):
         super().__init__()

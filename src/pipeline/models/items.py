@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline import distributed
 from pipeline.data.features import ItemFeatures
 from pipeline.models.base import Catalog
 from pipeline.models.text_neighbours import TextNeighbours, text_neighbours
@@ -139,10 +140,11 @@ class EventTypes(nn.Module):
             elif shares is not None:
                 self.asked.copy_(shares / shares.sum().clamp(min=1))
 
-    def fit(self, target_events: torch.Tensor) -> None:
-        """Without asked-for types, ask for every type in its share of the training targets."""
+    def fit(self, target_events: torch.Tensor, rank_local: bool = False) -> None:
+        """Without asked-for types, ask for every type in its share of the training targets (of every rank's)."""
         if not self.asked_types:
-            self.ask([], torch.bincount(target_events, minlength=len(self.asked)).float())
+            counts = torch.bincount(target_events, minlength=len(self.asked)).float()
+            self.ask([], distributed.sum_tensor_across_ranks(counts) if rank_local else counts)
 
     def occurrence_bias(self, asked: torch.Tensor, events: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
         """Score offset of history occurrences of types `events` and `ages` (0: newest) when the next event is of

@@ -21,6 +21,7 @@ class Popularity(Recommender):
     """Ranks items by training interactions; predicts the most common category and the item's damped mean rating."""
 
     config_class = PopularityConfig
+    fits_on_rank_shards = True
 
     def __init__(self, config: ModelSection, catalog: Catalog, seed: int = 0):
         super().__init__(config, catalog)
@@ -45,6 +46,7 @@ class RecentPopularity(Popularity):
     """Popularity over the last `recent_days` of training events (ties: all-time popularity, as in every ranking)."""
 
     config_class = RecentPopularityConfig
+    fits_on_rank_shards = False  # its window ends at the newest training event of the whole log
 
     def __init__(self, config: RecentPopularityConfig, catalog: Catalog, seed: int = 0):
         super().__init__(config, catalog)

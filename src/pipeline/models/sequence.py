@@ -136,6 +136,7 @@ class SequenceRecommender(Recommender):
 
     item_row_parameters = ("items.id_embedding.weight", "item_bias")
     softmax_over_items = True
+    fits_on_rank_shards = True
     category_row_parameters = ("category_head.weight", "category_head.bias")
 
     def __init__(self, config: SequenceSection, catalog: Catalog, seed: int = 0):
@@ -171,7 +172,7 @@ class SequenceRecommender(Recommender):
         with torch.no_grad():
             self.item_bias.copy_(log_popularity(self.statistics.item_counts))
         if self.event_types is not None and train.has_event_types:
-            self.event_types.fit(torch.from_numpy(train.events["event"].to_numpy(copy=True)))
+            self.event_types.fit(torch.from_numpy(train.events["event"].to_numpy(copy=True)), train.rank_local)
 
     def item_representations(self) -> torch.Tensor:
         return self.items(self.statistics.item_counts)

@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeline import distributed
 from pipeline.config import Config, load_config
 from pipeline.data import PreparedData
-from pipeline.data.shards import load_prepared
+from pipeline.data.shards import load_prepared, shards_of_rank
 from pipeline.encoding import EncodingStats
 from pipeline.errors import PipelineInputError
 from pipeline.outputs import LATEST, RunDirectory, elapsed, find_resumable, manifest, utc_now
@@ -63,8 +63,12 @@ class RunContext:
                 raise
 
     def load(self) -> PreparedData:
+        data_config, world = self.config.data, distributed.world_size()
+        # Under torchrun on the duckdb engine's shards every rank reads only its own users (shard s: rank s mod world).
+        shards = shards_of_rank(data_config.shards.count, distributed.rank(), world) if (
+            data_config.engine == "duckdb" and world > 1) else None
         with self.stage("load_prepare"):
-            data, self.inputs = load_prepared(self.config.data, self.config.eval.target_event_types)
+            data, self.inputs = load_prepared(data_config, self.config.eval.target_event_types, shards)
         if self.output.resumed:
             _check_same_inputs(self.output.file("inputs.json"), self.inputs)
         else:

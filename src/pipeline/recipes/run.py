@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.api import build, encode, evaluate, preflight, protocol, strongest_floor, train
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, VALID
+from pipeline.distributed import gather_rows
 from pipeline.errors import PipelineInputError
 from pipeline.models.registry import floor_configs
 from pipeline.outputs import CHECKPOINT, EMBEDDING_FILES, save_model
@@ -71,11 +73,12 @@ def run(
                     metrics["splits"][split][name], rankings = evaluate(candidate, data, config, split)
                     if split == TEST and candidate is model and config.output.users == "test":
                         cases = data.eval_cases(TEST)
-                        lists = list_maker(model, config)
+                        lists = list_maker(model, config, cases.rank_local)
                         if lists.ann is not None:
                             exact, rankings = rankings, lists.rank(cases.histories, config.output.top_k, cases.history_events)
                             metrics["retrieval"] = lists.check(rankings, cases.histories, cases.history_events, exact)
-                        recommendations = recommendation_frame(data.user_ids[cases.users], data.item_ids, rankings)
+                        users = np.array(gather_rows(cases.users, cases.rank_local), dtype=np.int64)
+                        recommendations = recommendation_frame(data.user_ids[users], data.item_ids, rankings)
             metrics["strongest_floor"] = strongest_floor(metrics["splits"][TEST], config, [*models][1:])
             if config.output.users == "all":
                 recommendations, retrieval = serving_lists(model, data, config)

@@ -125,6 +125,9 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
     context = RunContext(night_config, config.name)
     with context.publishing() as output:
         data = context.load()
+        if data.rank_local:
+            raise PipelineInputError("nightly: runs in one process (under torchrun the ranks would read only their own "
+                                     "shards of data.engine duckdb's prepared log, and a night compares the whole log)")
         news = _whats_new(data, state, champion, inputs, config_digest)
         log.info("tonight: %s", news["message"])
         with context.stage("encode"):

@@ -1,0 +1,113 @@
+"""Training windows: each user's training sequence cut into right-padded windows, and their shuffled batches
+(split across ranks under torchrun)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.data.prepared import TrainView
+
+
+@dataclass
+class TrainingWindows:
+    """Right-padded windows of training sequences: every position predicts the next item (0 = no target)."""
+
+    inputs: np.ndarray  # [windows, L]
+    targets: np.ndarray  # [windows, L]
+    target_ratings: np.ndarray | None  # [windows, L]
+    input_events: np.ndarray | None = None  # [windows, L] event-type codes of the inputs, when the log has types
+    target_weights: np.ndarray | None = None  # [windows, L] loss weights of the targets (event type, value)
+    target_events: np.ndarray | None = None  # [windows, L] event-type codes of the targets
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def training_windows(train: TrainView, max_length: int, stride: int | None = None) -> TrainingWindows:
+    """Cut each user's training sequence into windows of up to `max_length` inputs, newest first.
+
+    Windows end every `stride` events (default `max_length`); a window predicts only its newest `stride` targets, the
+    earlier positions are context. So every training event except a user's first is a target exactly once, and with a
+    stride below `max_length` each target sees at least `max_length - stride` earlier items, close to what the model
+    sees at evaluation time.
+    """
+    stride = min(stride or max_length, max_length)
+    sequences = train.sequences()
+    ratings = train.rating_sequences() if train.has_ratings else {}
+    events = train.sequences("event") if train.has_event_types else {}
+    weights = train.sequences("weight") if "weight" in train.events.columns else {}
+    inputs, targets, target_ratings, input_events, target_weights, target_events = [], [], [], [], [], []
+    for user, sequence in sequences.items():
+        end = len(sequence)
+        while end > 1:
+            start = max(0, end - max_length - 1)
+            window_targets = sequence[start + 1 : end].copy()
+            # Targets older than this window's stride belong to the next (older) window.
+            window_targets[: max(0, (end - stride) - (start + 1))] = 0
+            inputs.append(sequence[start : end - 1])
+            targets.append(window_targets)
+            if ratings:
+                target_ratings.append(ratings[user][start + 1 : end])
+            if events:
+                input_events.append(events[user][start : end - 1])
+                target_events.append(events[user][start + 1 : end])
+            if weights:
+                target_weights.append(weights[user][start + 1 : end])
+            end -= stride
+    return TrainingWindows(
+        inputs=_pad(inputs, max_length, np.int64),
+        targets=_pad(targets, max_length, np.int64),
+        target_ratings=_pad(target_ratings, max_length, np.float32) if ratings else None,
+        input_events=_pad(input_events, max_length, np.int64) if events else None,
+        target_weights=_pad(target_weights, max_length, np.float32) if weights else None,
+        target_events=_pad(target_events, max_length, np.int64) if events else None,
+    )
+
+
+def _pad(rows: list[np.ndarray], width: int, dtype) -> np.ndarray:
+    padded = np.zeros((len(rows), width), dtype=dtype)
+    for index, row in enumerate(rows):
+        padded[index, : len(row)] = row
+    return padded
+
+
+def window_batches(
+    windows: TrainingWindows, batch_size: int, rng: np.random.Generator, device: torch.device, rank: int = 0, world: int = 1
+):
+    """Shuffled batches of `batch_size` windows, as tensors on `device`: (inputs, targets, target ratings, input
+    events, target weights, target events), None for what the log does not have.
+
+    Under data parallelism every rank draws the same permutation and takes every `world`-th window of each batch, so
+    `batch_size` stays the global batch and the ranks together see each window once per epoch (a final batch with
+    fewer windows than ranks is dropped so that every rank takes the same number of steps).
+    """
+    order = rng.permutation(len(windows))
+    for start in range(0, len(order), batch_size):
+        if len(order[start : start + batch_size]) < world:
+            break
+        yield _batch(windows, order[start : start + batch_size][rank::world], device)
+
+
+def rank_window_batches(
+    windows: TrainingWindows, batch_size: int, steps: int, rng: np.random.Generator, device: torch.device
+):
+    """`steps` shuffled batches of this rank's own windows (rank shards): every rank takes the same number of steps,
+    so a rank with fewer windows starts its permutation again for the last ones."""
+    order = rng.permutation(len(windows))
+    for step in range(steps):
+        yield _batch(windows, order[np.arange(step * batch_size, (step + 1) * batch_size) % len(order)], device)
+
+
+def _batch(windows: TrainingWindows, rows: np.ndarray, device: torch.device) -> tuple:
+    # Trim the batch to its longest window: most users are short, so most batches are much narrower than L.
+    width = int((windows.inputs[rows] > 0).sum(axis=1).max())
+    return tuple(
+        None if part is None else torch.from_numpy(part[rows, :width]).to(device)
+        for part in (
+            windows.inputs, windows.targets, windows.target_ratings, windows.input_events, windows.target_weights,
+            windows.target_events,
+        )
+    )
