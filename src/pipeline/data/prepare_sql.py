@@ -201,8 +201,8 @@ def vocabularies(sql: SqlEngine, prepared: Prepared, natural_key) -> tuple[list[
 
 
 def shard_select(prepared: Prepared, event_names: list[str], shard: str) -> str:
-    """The shard rows: indices, time, [rating], [event code], [weight], split, position within the user, shard
-    (`shard`: the engine's SQL for the shard of `e.user_id`)."""
+    """The shard rows: indices, time, [rating], [event code], [weight], split, ord, shard (`shard`: the engine's SQL
+    for the shard of `e.user_id`). A reader orders a user's events by (timestamp, ord): no sort is spent on it here."""
     columns = ["u.user AS user", "i.item_code AS item", "e.ts AS timestamp"]
     if "rating" in prepared.columns:
         columns.append("e.rating")
@@ -212,8 +212,7 @@ def shard_select(prepared: Prepared, event_names: list[str], shard: str) -> str:
         joins = "JOIN type_codes t ON t.event = e.event"
     if "weight" in prepared.columns:
         columns.append("e.weight")
-    columns += ["e.split", "CAST(row_number() OVER (PARTITION BY e.user_id ORDER BY e.ts, e.ord) AS INT) AS position",
-                f"{shard} AS shard"]
+    columns += ["e.split", "e.ord", f"{shard} AS shard"]
     return (f"SELECT {', '.join(columns)} FROM {prepared.table} e JOIN user_index u ON u.user_id = e.user_id "
             f"JOIN item_index i ON i.item = e.item {joins}")
 

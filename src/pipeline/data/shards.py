@@ -9,7 +9,8 @@ reader could take for finished. Inside:
     users.parquet              user_id of user index u at row u (natural id order)
     items.parquet              item id of item index i at row i - 1 (the kept catalog, in catalog order)
     cold.parquet               the cold-start items (data.cold_item_fraction)
-    events/shard=K/*.parquet   user, item (indices), timestamp, [rating], [event], [weight], split, position
+    events/shard=K/*.parquet   user, item (indices), timestamp, [rating], [event], [weight], split, ord (the order
+                               of same-second events: their place in the file)
 
 Shard K holds the users whose md5(user id) is K modulo the shard count: a user's whole log is in one shard, and the
 assignment does not move when other users come and go. `scripts/spark_prepare.py` writes the same format.
@@ -40,7 +41,7 @@ from pipeline.storage import file_fingerprint, fsync_folder, read_json_file, wri
 
 log = logging.getLogger("pipeline")
 
-FORMAT = 1
+FORMAT = 2
 # Settings that change how a log is prepared, not what comes out: they do not name the folder.
 NOT_IN_KEY = ("dir", "memory_limit_gb", "threads")
 
@@ -76,7 +77,7 @@ def load_prepared(
     if not persist and not (folder / "manifest.json").is_file():
         with tempfile.TemporaryDirectory(prefix="pipeline-prepared-") as scratch:
             folder = Path(scratch) / folder.name
-            _prepare_folder(config, target_event_types, folder, fingerprints)
+            build_prepared_folder(config, target_event_types, folder, fingerprints)
             return read_prepared(folder, config, target_event_types, shards), fingerprints
     return read_prepared(prepared_folder(config, target_event_types, fingerprints), config, target_event_types, shards), fingerprints
 
@@ -87,7 +88,7 @@ def prepared_folder(config: DataConfig, target_event_types: list[str] | None, fi
     if (folder / "manifest.json").is_file():
         log.info("reading the prepared log %s", folder)
     else:
-        distributed.run_on_main(lambda: _prepare_folder(config, target_event_types, folder, fingerprints))
+        distributed.run_on_main(lambda: build_prepared_folder(config, target_event_types, folder, fingerprints))
     return folder
 
 
@@ -112,17 +113,22 @@ def _preparation_code() -> str:
     return digest.hexdigest()[:16]
 
 
-def _prepare_folder(config: DataConfig, target_event_types, folder: Path, fingerprints: list[dict]) -> None:
-    from pipeline.data.outofcore import prepare_shards
+def build_prepared_folder(
+    config: DataConfig, target_event_types, folder: Path, fingerprints: list[dict], prepare_into=None, engine: str = "duckdb"
+) -> None:
+    """Prepare into a temporary folder beside `folder` with `prepare_into(config, targets, partial) -> facts`
+    (default: DuckDB, `outofcore.prepare_shards`), then publish it as `folder` by one rename."""
+    if prepare_into is None:
+        from pipeline.data.outofcore import prepare_shards as prepare_into
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        log.info("preparing the log out of core (DuckDB, %d shards) into %s", config.shards.count, folder)
-        facts = prepare_shards(config, target_event_types, partial)
-        write_json_atomic(partial / "manifest.json", {"format": FORMAT, **facts, "inputs": fingerprints})
+        log.info("preparing the log out of core (%s, %d shards) into %s", engine, config.shards.count, folder)
+        facts = prepare_into(config, target_event_types, partial)
+        write_json_atomic(partial / "manifest.json", {"format": FORMAT, "engine": engine, **facts, "inputs": fingerprints})
         fsync_folder(partial)
         try:
             os.replace(partial, folder)
@@ -179,7 +185,7 @@ def _read_events(folder: Path, shards, manifest: dict) -> pd.DataFrame:
         return pd.DataFrame({**{name: np.zeros(0, dtype=kind) for name, kind in dtypes.items()},
                              "split": np.zeros(0, dtype=object)})
     events = pd.concat(frames, ignore_index=True)
-    order = np.lexsort((events["position"].to_numpy(), events["user"].to_numpy()))
+    order = np.lexsort((events["ord"].to_numpy(), events["timestamp"].to_numpy(), events["user"].to_numpy()))
     events = events.iloc[order].reset_index(drop=True)
     out = pd.DataFrame({name: events[name].to_numpy(dtype=kind) for name, kind in dtypes.items()})
     out["split"] = events["split"].to_numpy(dtype=object)
