@@ -48,6 +48,9 @@ class SparkSql:
         frame.count()  # computed once, here, rather than again by every later step that reads it
         frame.createOrReplaceTempView(name)
 
+    def define(self, name: str, select: str) -> None:
+        self.spark.sql(select).createOrReplaceTempView(name)
+
     def register(self, name: str, frame: pd.DataFrame) -> None:
         from pyspark.sql import types
 

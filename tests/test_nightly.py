@@ -6,11 +6,13 @@ import subprocess
 import sys
 import zlib
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from pipeline.recipes.nightly import LockHeld, nightly
 from pipeline.recipes.nightly.lock import NightLock
+from pipeline.windows import ReplaySelection, TrainingWindows
 from tests.conftest import REPO, load_benchmark_nightly, tiny_config_dict, write_yaml
 
 benchmark_nightly = load_benchmark_nightly()  # the same cut of the log as the nightly benchmark
@@ -60,6 +62,9 @@ def test_three_nights_then_a_degraded_challenger(night_config):
     assert second.summary["data"]["new_events"] > 0
     # Only the new movies' texts are encoded; every other text comes from the cache.
     assert second.summary["texts"] == {"encoded": items_night2 - items_night1, "from_cache": items_night1}
+    windows = second.summary["training"]["epoch_windows"]  # windows with new events + a tenth of the others
+    assert 0 < windows["new_windows"] < windows["windows"]
+    assert windows["replayed_windows"] == round(0.1 * (windows["windows"] - windows["new_windows"]))
     warm = second.summary["training"]["warm_start"]
     assert warm["new_items"] == warm["new_items_from_text"] == items_night2 - items_night1
     decision = second.summary["decision"]
@@ -199,3 +204,15 @@ def test_the_gate_is_the_validation_half_the_challenger_does_not_select_on(tiny_
     assert all(zlib.crc32(str(user).encode("utf-8")) % 2 == 1 for user in fewer)
     row = list(everyone.users).index(gate.users[0])
     assert gate.targets[0].tolist() == everyone.targets[row].tolist()
+
+
+def test_a_warm_epoch_takes_every_window_with_new_events_and_a_fresh_replay_share_of_the_others():
+    newest = np.array([5, 1, 9, 2, 8, 3, 7, 4, 6, 10])
+    windows = TrainingWindows(np.zeros((10, 2), dtype=np.int64), np.zeros((10, 2), dtype=np.int64), None,
+                              newest_target_time=newest)
+    select, rng = ReplaySelection(newer_than=7, replay_fraction=0.5), np.random.default_rng(0)
+    draws = [select(windows, rng) for _ in range(20)]
+    for rows in draws:
+        assert set(np.flatnonzero(newest > 7)) <= set(rows) and len(rows) == 3 + 4  # 3 new, half of the 7 others
+    assert len({tuple(rows) for rows in draws}) > 1  # the replayed windows are drawn afresh each epoch
+    assert select.counts == {"new_windows": 3, "replayed_windows": 4, "windows": 10}

@@ -39,7 +39,7 @@ def item_gradient(model, batch, candidates=None) -> torch.Tensor:
     model.zero_grad()
     parts = model(*batch) if candidates is None else model(*batch, candidates=candidates)
     (parts["item"] + parts["future"]).backward()
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+    return torch.cat([(p.grad.to_dense() if p.grad.is_sparse else p.grad).reshape(-1) for p in model.parameters() if p.grad is not None])
 
 
 def test_negatives_covering_the_catalog_give_exactly_the_full_softmax(shop_batch):
@@ -54,6 +54,33 @@ def test_negatives_covering_the_catalog_give_exactly_the_full_softmax(shop_batch
     for name in ("item", "future", "category"):
         assert sampled[name].item() == pytest.approx(full[name].item(), rel=1e-6)
     assert torch.allclose(item_gradient(model, batch, candidates), item_gradient(model, batch), atol=1e-6)
+
+
+def test_sparse_item_rows_give_the_same_gradient_and_a_step_moves_only_the_rows_it_read(shop_batch):
+    import copy
+
+    from pipeline.config import TrainConfig
+    from pipeline.training import RowSparseAdamW, clip_gradients
+
+    model, batch = shop_batch
+    model = copy.deepcopy(model)
+    model.eval()
+    counts = model.statistics.item_counts
+    drawn = NegativeSampler(counts, 30, "uniform", torch.Generator().manual_seed(1)).draw(batch[1])
+    sparse = Candidates(drawn.items, drawn.log_inclusion, sparse_rows=True)
+    dense_gradient = item_gradient(model, batch, drawn)
+    assert torch.allclose(item_gradient(model, batch, sparse), dense_gradient, atol=1e-7)
+    assert model.items.id_embedding.weight.grad.is_sparse and model.item_bias.grad.is_sparse
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = RowSparseAdamW(model, parameters, TrainConfig(learning_rate=0.01))
+    before = model.items.id_embedding.weight.detach().clone()
+    clip_gradients(parameters, max_norm=5.0)
+    optimizer.step()
+    moved = torch.nonzero((model.items.id_embedding.weight.detach() != before).any(dim=1)).squeeze(1)
+    read = torch.unique(torch.cat([batch[0].reshape(-1), sparse.items]))
+    assert 0 < len(moved) and set(moved.tolist()) <= set(read.tolist())  # no row outside the step's
+    assert len(moved) < 0.2 * len(before)
 
 
 def test_sampled_gradients_approach_the_full_softmax_in_expectation_with_the_logq_correction(shop_batch):

@@ -74,16 +74,19 @@ def train(
     stop: StopRequest | None = None,
     before_loop: list[Callable[[torch.nn.Module], None]] | None = None,
     validation: EvalCases | None = None,
+    epoch_windows: Callable | None = None,
 ) -> list[dict]:
-    """Fit the model on the training view (statistics, then the gradient loop; see `training.fit` for checkpoint and
-    stop); `before_loop` hooks run between the two; `validation` (default: the validation split) selects the epoch."""
+    """Fit the model on the training view (statistics, then the gradient loop; see `training.fit` for checkpoint,
+    stop and `epoch_windows`); `before_loop` hooks run between the two; `validation` (default: the validation split)
+    selects the epoch."""
     if data.rank_local and not model.fits_on_rank_shards:
         raise PipelineInputError(
             f"{type(model).__name__} learns from the whole log at once, so it cannot train under torchrun on rank shards "
             "(data.engine: duckdb); train it in one process"
         )
     fitter = Fitter(
-        config.train, validator(data, config, validation), config.seed, progress, checkpoint, stop, list(before_loop or [])
+        config.train, validator(data, config, validation), config.seed, progress, checkpoint, stop, list(before_loop or []),
+        epoch_windows,
     )
     return model.fit(data.train_view(), fitter)
 

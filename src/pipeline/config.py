@@ -179,6 +179,10 @@ class NightlyConfig(Section):
     warm_start: bool = True
     """Fine-tune the champion on tonight's data; a full retrain happens anyway when the encoder or model changed."""
     warm_epochs: int = Field(5, ge=1)
+    """Epochs of a warm start (early stopping on the selection users still applies)."""
+    replay_fraction: float = Field(0.1, gt=0.0, le=1.0)
+    """A warm start's epoch: every training window with an event since the last night, plus this share of the other
+    windows, drawn afresh each epoch (1: every window, as a full epoch)."""
     metric: str | None = None
     """Promote when the challenger's `metric` on the gate window (the validation events of half the users, which
     neither model trained on and the challenger did not select its epoch on) is at least (1 - tolerance) x the

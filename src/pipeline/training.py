@@ -31,7 +31,7 @@ from pipeline.errors import PipelineInputError
 from pipeline.evaluation import Validator
 from pipeline.models.sampled import NegativeSampler
 from pipeline.ranking import NonFiniteScores
-from pipeline.windows import rank_window_batches, training_windows, window_batches
+from pipeline.windows import TrainingWindows, rank_window_batches, training_windows, window_batches
 
 log = logging.getLogger("pipeline")
 
@@ -83,11 +83,16 @@ class Fitter:
     stop: StopRequest | None = None
     # Called with the model after its statistics are fitted, before the first step (e.g. the nightly warm start).
     before_loop: list[Callable[[torch.nn.Module], None]] = field(default_factory=list)
+    # The windows of each epoch (see `fit`); None: all of them.
+    epoch_windows: Callable[[TrainingWindows, np.random.Generator], np.ndarray] | None = None
 
     def loop(self, model: torch.nn.Module, train: TrainView) -> list[dict]:
         for hook in self.before_loop:
             hook(model)
-        return fit(model, train, self.config, self.validator, self.seed, self.progress, self.checkpoint, self.stop)
+        return fit(
+            model, train, self.config, self.validator, self.seed, self.progress, self.checkpoint, self.stop,
+            self.epoch_windows,
+        )
 
 
 def fit(
@@ -99,8 +104,12 @@ def fit(
     progress: bool | None = None,
     checkpoint: Path | None = None,
     stop: StopRequest | None = None,
+    epoch_windows: Callable[[TrainingWindows, np.random.Generator], np.ndarray] | None = None,
 ) -> list[dict]:
     """Fit `model` (statistics already fitted) on the training view; return the per-epoch history.
+
+    `epoch_windows(windows, rng)` chooses the windows each epoch trains on (default: all; `ReplaySelection` for a
+    warm start).
 
     Early stopping watches `validator.selection_metric` of `validator(model)`; the best epoch's weights are restored.
     With `checkpoint`, every finished epoch is saved there atomically and a checkpoint found at the start is resumed:
@@ -124,16 +133,21 @@ def fit(
     if train.rank_local and len(windows) == 0:
         raise PipelineInputError(f"data.shards: rank {distributed.rank()} holds no user with two training events; use fewer ranks")
     local_batch = -(-config.batch_size // world)
-    local_steps = distributed.max_across_ranks(-(-len(windows) // local_batch)) if train.rank_local else None
     # Several processes (torchrun): DistributedDataParallel averages the gradients across ranks after each backward.
     trained = model if world == 1 else DistributedDataParallel(
         model, device_ids=[device.index or 0] if device.type == "cuda" else None, find_unused_parameters=True
     )
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = local_steps or -(-len(windows) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch))
+    # A sampled step in one process reads the item tables with sparse gradients and updates only those rows (under
+    # DistributedDataParallel the gradients stay dense: its all-reduce is for dense tensors).
+    sampler = negative_sampler(model, config, sparse_rows=world == 1)
+    optimizer = RowSparseAdamW(model, parameters, config) if sampler is not None and sampler.sparse_rows else (
+        torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay))
+    # The schedule's epoch length: one epoch's selection (its size does not depend on the draw).
+    selected = len(windows) if epoch_windows is None else len(epoch_windows(windows, np.random.default_rng(0)))
+    steps_per_epoch = -(-int(distributed.sum_across_ranks(selected) if train.rank_local else selected) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        getattr(optimizer, "dense", optimizer), learning_rate_factor(config, steps_per_epoch))
     average = WeightAverage(parameters, config.weight_average_decay)
-    sampler = negative_sampler(model, config)
     autocast = training_autocast(device, training_dtype(device, config.precision))
     loss_weights = model.loss_weights()
     selection_metric = validator.selection_metric
@@ -153,10 +167,16 @@ def fit(
             started = time.perf_counter()
             model.train()
             totals = {name: 0.0 for name in loss_weights}
-            batches = (
-                window_batches(windows, config.batch_size, order_rng, device, distributed.rank(), world) if local_steps is None
-                else rank_window_batches(windows, local_batch, local_steps, order_rng, device)
-            )
+            rows = None if epoch_windows is None else epoch_windows(windows, order_rng)
+            rows = None if rows is not None and len(rows) == 0 and train.rank_local else rows
+            epoch_size = len(windows) if rows is None else len(rows)
+            if train.rank_local:  # as many steps on every rank as on the busiest
+                epoch_total = int(distributed.sum_across_ranks(epoch_size))
+                steps = distributed.max_across_ranks(-(-epoch_size // local_batch))
+                batches = rank_window_batches(windows, local_batch, steps, order_rng, device, rows)
+            else:
+                epoch_total = epoch_size
+                batches = window_batches(windows, config.batch_size, order_rng, device, distributed.rank(), world, rows)
             if sampler is not None:  # seeded per epoch, so a resumed run draws what an uninterrupted one would
                 sampler.generator.manual_seed(seed * 1_000_003 + epoch * 7_919 + distributed.rank())
             for batch in _progress(batches, show and distributed.is_main(), f"epoch {epoch}"):
@@ -178,12 +198,12 @@ def fit(
                     loss = loss * (world * local_targets / distributed.sum_across_ranks(local_targets))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(parameters, max_norm=5.0)
+                clip_gradients(parameters, max_norm=5.0)
                 optimizer.step()
                 scheduler.step()
                 average.update()
                 for name, value in parts.items():
-                    totals[name] += float(value.detach()) * len(inputs) / all_windows
+                    totals[name] += float(value.detach()) * len(inputs) / epoch_total
             totals = {name: distributed.sum_across_ranks(value) for name, value in totals.items()}
             train_seconds = time.perf_counter() - started
 
@@ -227,7 +247,7 @@ def fit(
     return state.history
 
 
-def negative_sampler(model: torch.nn.Module, config: TrainConfig) -> NegativeSampler | None:
+def negative_sampler(model: torch.nn.Module, config: TrainConfig, sparse_rows: bool = False) -> NegativeSampler | None:
     """The sampled softmax's candidate draw where `train.loss` resolves to sampled for a model that trains a
     softmax over the catalog (`Recommender.softmax_over_items`); None for the full softmax."""
     if not getattr(model, "softmax_over_items", False):
@@ -238,7 +258,56 @@ def negative_sampler(model: torch.nn.Module, config: TrainConfig) -> NegativeSam
     if config.loss == "full" or (config.loss == "auto" and trained <= config.sampled_above):
         return None
     log.info("sampled softmax: %d %s negatives per batch over %d trained items", config.negatives, config.negative_sampling, trained)
-    return NegativeSampler(model.statistics.item_counts, config.negatives, config.negative_sampling, torch.Generator())
+    return NegativeSampler(
+        model.statistics.item_counts, config.negatives, config.negative_sampling, torch.Generator(), sparse_rows)
+
+
+class RowSparseAdamW:
+    """AdamW for the dense parameters, lazy Adam (`torch.optim.SparseAdam`) for the item tables that a sampled step
+    reads with sparse gradients (`Recommender.item_row_parameters`): a step updates the rows it read, not every row
+    of the catalog, so its cost follows the batch. The item tables get no weight decay (lazy Adam has none); their
+    learning rate follows the dense group's schedule; checkpoints hold both states."""
+
+    def __init__(self, model: torch.nn.Module, parameters: list[torch.nn.Parameter], config: TrainConfig):
+        rows = {id(parameter) for name, parameter in model.named_parameters() if name in model.item_row_parameters}
+        self.dense = torch.optim.AdamW(
+            [p for p in parameters if id(p) not in rows], lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.sparse = torch.optim.SparseAdam([p for p in parameters if id(p) in rows], lr=config.learning_rate)
+        self.param_groups = self.dense.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        self.sparse.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+        for group in self.sparse.param_groups:
+            group["lr"] = self.dense.param_groups[0]["lr"]
+        self.sparse.step()
+
+    def state_dict(self) -> dict:
+        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dense.load_state_dict(state["dense"])
+        self.sparse.load_state_dict(state["sparse"])
+
+
+@torch.no_grad()
+def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> None:
+    """`clip_grad_norm_`, which refuses sparse gradients: with them, the norm over the dense gradients and the
+    (coalesced) rows of the sparse ones."""
+    if not any(p.grad is not None and p.grad.is_sparse for p in parameters):
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm=max_norm)
+        return
+    for parameter in parameters:
+        if parameter.grad is not None and parameter.grad.is_sparse:
+            parameter.grad = parameter.grad.coalesce()
+    squares = [(p.grad.values() if p.grad.is_sparse else p.grad).float().pow(2).sum() for p in parameters if p.grad is not None]
+    scale = (max_norm / (torch.stack(squares).sum().sqrt() + 1e-6)).clamp(max=1.0)
+    for parameter in parameters:
+        if parameter.grad is not None:
+            parameter.grad.mul_(scale)
 
 
 def training_dtype(device: torch.device, precision: str) -> torch.dtype:

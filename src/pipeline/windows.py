@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ class TrainingWindows:
     input_events: np.ndarray | None = None  # [windows, L] event-type codes of the inputs, when the log has types
     target_weights: np.ndarray | None = None  # [windows, L] loss weights of the targets (event type, value)
     target_events: np.ndarray | None = None  # [windows, L] event-type codes of the targets
+    newest_target_time: np.ndarray | None = None  # [windows] unix seconds of each window's newest target
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -39,7 +40,9 @@ def training_windows(train: TrainView, max_length: int, stride: int | None = Non
     ratings = train.rating_sequences() if train.has_ratings else {}
     events = train.sequences("event") if train.has_event_types else {}
     weights = train.sequences("weight") if "weight" in train.events.columns else {}
+    times = train.sequences("timestamp")
     inputs, targets, target_ratings, input_events, target_weights, target_events = [], [], [], [], [], []
+    newest = []
     for user, sequence in sequences.items():
         end = len(sequence)
         while end > 1:
@@ -49,6 +52,7 @@ def training_windows(train: TrainView, max_length: int, stride: int | None = Non
             window_targets[: max(0, (end - stride) - (start + 1))] = 0
             inputs.append(sequence[start : end - 1])
             targets.append(window_targets)
+            newest.append(times[user][end - 1])
             if ratings:
                 target_ratings.append(ratings[user][start + 1 : end])
             if events:
@@ -64,6 +68,7 @@ def training_windows(train: TrainView, max_length: int, stride: int | None = Non
         input_events=_pad(input_events, max_length, np.int64) if events else None,
         target_weights=_pad(target_weights, max_length, np.float32) if weights else None,
         target_events=_pad(target_events, max_length, np.int64) if events else None,
+        newest_target_time=np.array(newest, dtype=np.int64),
     )
 
 
@@ -75,16 +80,18 @@ def _pad(rows: list[np.ndarray], width: int, dtype) -> np.ndarray:
 
 
 def window_batches(
-    windows: TrainingWindows, batch_size: int, rng: np.random.Generator, device: torch.device, rank: int = 0, world: int = 1
+    windows: TrainingWindows, batch_size: int, rng: np.random.Generator, device: torch.device, rank: int = 0, world: int = 1,
+    rows: np.ndarray | None = None,
 ):
     """Shuffled batches of `batch_size` windows, as tensors on `device`: (inputs, targets, target ratings, input
     events, target weights, target events), None for what the log does not have.
 
     Under data parallelism every rank draws the same permutation and takes every `world`-th window of each batch, so
     `batch_size` stays the global batch and the ranks together see each window once per epoch (a final batch with
-    fewer windows than ranks is dropped so that every rank takes the same number of steps).
+    fewer windows than ranks is dropped so that every rank takes the same number of steps). `rows`: only those
+    windows (an epoch's selection, `ReplaySelection`).
     """
-    order = rng.permutation(len(windows))
+    order = rng.permutation(len(windows)) if rows is None else rng.permutation(rows)
     for start in range(0, len(order), batch_size):
         if len(order[start : start + batch_size]) < world:
             break
@@ -92,11 +99,12 @@ def window_batches(
 
 
 def rank_window_batches(
-    windows: TrainingWindows, batch_size: int, steps: int, rng: np.random.Generator, device: torch.device
+    windows: TrainingWindows, batch_size: int, steps: int, rng: np.random.Generator, device: torch.device,
+    rows: np.ndarray | None = None,
 ):
     """`steps` shuffled batches of this rank's own windows (rank shards): every rank takes the same number of steps,
     so a rank with fewer windows starts its permutation again for the last ones."""
-    order = rng.permutation(len(windows))
+    order = rng.permutation(len(windows)) if rows is None else rng.permutation(rows)
     for step in range(steps):
         yield _batch(windows, order[np.arange(step * batch_size, (step + 1) * batch_size) % len(order)], device)
 
@@ -111,3 +119,21 @@ def _batch(windows: TrainingWindows, rows: np.ndarray, device: torch.device) -> 
             windows.target_events,
         )
     )
+
+
+@dataclass
+class ReplaySelection:
+    """An epoch's windows for a warm start: every window with a target newer than `newer_than` (what happened since
+    the model last trained), plus a fresh draw of `replay_fraction` of the others, so the model learns the new
+    events without forgetting the old ones, at a fraction of a full epoch's cost."""
+
+    newer_than: int
+    replay_fraction: float
+    counts: dict = field(default_factory=dict)  # of the last call: windows with new targets, replayed, all
+
+    def __call__(self, windows: TrainingWindows, rng: np.random.Generator) -> np.ndarray:
+        new = windows.newest_target_time > self.newer_than
+        old = np.flatnonzero(~new)
+        replayed = rng.choice(old, size=int(round(self.replay_fraction * len(old))), replace=False)
+        self.counts = {"new_windows": int(new.sum()), "replayed_windows": len(replayed), "windows": len(windows)}
+        return np.sort(np.concatenate([np.flatnonzero(new), replayed]))

@@ -74,6 +74,9 @@ class _Sql:
     def materialize(self, name: str, select: str) -> None:
         self.run(f"CREATE OR REPLACE TABLE {name} AS {select}")
 
+    def define(self, name: str, select: str) -> None:
+        self.run(f"CREATE OR REPLACE VIEW {name} AS {select}")
+
     def register(self, name: str, frame: pd.DataFrame) -> None:
         self.connection.register(f"{name}_frame", frame)
         self.materialize(name, f"SELECT * FROM {name}_frame")

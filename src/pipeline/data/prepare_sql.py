@@ -4,7 +4,9 @@ same statements, so their shards hold the same events.
 
 Input: a table `log` (ord: the row's place in the file, user_id, item, ts: unix seconds, [rating], [event], [value])
 and the catalog. Output: a table with the split label (and the training weight) per kept event, the kept catalog and
-the cold items. Each step is materialized by the engine (`SqlEngine.materialize`), which spills to disk as it needs.
+the cold items. The steps with a window over each user's events are materialized (`SqlEngine.materialize`, spilled
+to disk as the engine needs); filters are views the next step reads through (`SqlEngine.define`), so a 100M-event
+log is not copied at every step.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ WITHIN_USER = "PARTITION BY user_id ORDER BY ts, ord"
 
 class SqlEngine(Protocol):
     def materialize(self, name: str, select: str) -> None: ...  # table `name` := the rows of `select`
+    def define(self, name: str, select: str) -> None: ...  # view `name`: computed where it is read (filters)
     def register(self, name: str, frame: pd.DataFrame) -> None: ...
     def one(self, select: str): ...  # the first column of the first row
     def column(self, select: str) -> list: ...  # the first column of every row
@@ -62,7 +65,7 @@ def prepare_in_sql(
         example = sql.one("SELECT min_by(item, ord) FROM log WHERE item NOT IN (SELECT item FROM catalog)")
         log.warning("dropped %d interactions whose item is not in the items table (%d distinct ids, e.g. %r)",
                     unknown, distinct, example)
-    sql.materialize("known", f"SELECT {listed} FROM log WHERE item IN (SELECT item FROM catalog)")
+    sql.define("known", f"SELECT {listed} FROM log WHERE item IN (SELECT item FROM catalog)")
     current = "known"
     if config.deduplicate:
         sql.materialize("unique_events", f"SELECT {listed} FROM (SELECT {listed}, row_number() OVER "
@@ -95,7 +98,7 @@ def prepare_in_sql(
         frequent = set(sql.column("SELECT item FROM frequent_items"))
         log.info("kept %d of %d items with >= %d training interactions", len(frequent), len(items), config.min_item_interactions)
         items = items[items["item"].isin(frequent)]
-        sql.materialize("frequent", f"SELECT {listed} FROM {current} WHERE item IN (SELECT item FROM frequent_items)")
+        sql.define("frequent", f"SELECT {listed} FROM {current} WHERE item IN (SELECT item FROM frequent_items)")
         current = "frequent"
     if config.split.method == "leave_last_out":
         sql.materialize("long_users", f"SELECT user_id FROM {current} GROUP BY user_id "
@@ -103,7 +106,7 @@ def prepare_in_sql(
         short = sql.one(f"SELECT count(DISTINCT user_id) FROM {current}") - sql.one("SELECT count(*) FROM long_users")
         if short:
             log.info("dropped %d users with fewer than %d interactions", short, config.min_user_interactions)
-            sql.materialize("long_enough", f"SELECT {listed} FROM {current} WHERE user_id IN (SELECT user_id FROM long_users)")
+            sql.define("long_enough", f"SELECT {listed} FROM {current} WHERE user_id IN (SELECT user_id FROM long_users)")
             current = "long_enough"
     if sql.one(f"SELECT count(*) FROM {current}") == 0:
         raise PipelineInputError(f"{config.interactions.path}: no interactions left after cleaning and filtering")
@@ -133,7 +136,7 @@ def prepare_in_sql(
                  sql.one(f"SELECT count(*) FROM weighted WHERE {cold} AND split = '{TEST}'"),
                  sql.one(f"SELECT count(*) FROM weighted WHERE {cold} AND split <> '{TEST}'"))
         kept = f"SELECT {', '.join(out_columns)} FROM weighted WHERE NOT ({cold}) OR split = '{TEST}'"
-    sql.materialize("prepared", kept)
+    sql.define("prepared", kept)
     return Prepared("prepared", out_columns, items, cold_ids)
 
 

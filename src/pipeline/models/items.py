@@ -68,13 +68,14 @@ class ItemRepresentation(nn.Module):
             self._borrowing = (key, text_neighbours(self.item_text_embeddings, lenders, untrained))
         return self._borrowing[1]
 
-    def rows(self, items: torch.Tensor, id_dropout: float = 0.0) -> torch.Tensor:
+    def rows(self, items: torch.Tensor, id_dropout: float = 0.0, sparse: bool = False) -> torch.Tensor:
         """[len(items), width] the vectors of trained `items` only (a sampled-softmax step): the cost follows the
-        batch, not the catalog."""
-        return self._compute(None, id_dropout, items)
+        batch, not the catalog; with `sparse`, the id table's gradient holds only these rows."""
+        return self._compute(None, id_dropout, items, sparse)
 
     def _compute(
-        self, borrowing: TextNeighbours | None, id_dropout: float = 0.0, items: torch.Tensor | None = None
+        self, borrowing: TextNeighbours | None, id_dropout: float = 0.0, items: torch.Tensor | None = None,
+        sparse: bool = False,
     ) -> torch.Tensor:
         def select(table: torch.Tensor) -> torch.Tensor:
             return table if items is None else table[items]
@@ -83,7 +84,10 @@ class ItemRepresentation(nn.Module):
         if self.text_projection is not None:
             parts.append(self.text_projection(select(self.item_text_embeddings).float()))
         if self.id_embedding is not None:
-            id_rows = select(self.id_embedding.weight if borrowing is None else borrowing.fill(self.id_embedding.weight))
+            if sparse:
+                id_rows = nn.functional.embedding(items, self.id_embedding.weight, sparse=True)
+            else:
+                id_rows = select(self.id_embedding.weight if borrowing is None else borrowing.fill(self.id_embedding.weight))
             if id_dropout and self.text_projection is not None:
                 kept = torch.rand(len(id_rows), 1, device=id_rows.device) >= id_dropout
                 id_rows = id_rows * kept

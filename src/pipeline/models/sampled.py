@@ -27,6 +27,8 @@ class Candidates:
 
     items: torch.Tensor  # [candidates] item indices
     log_inclusion: torch.Tensor  # [candidates] log P(item in the set); 0 where the set is the whole catalog
+    # Read the item tables with sparse gradients (only the rows a step read are updated: `training.RowSparseAdamW`).
+    sparse_rows: bool = False
 
     def columns(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Column of each item among the candidates and whether it is one."""
@@ -37,7 +39,11 @@ class Candidates:
 class NegativeSampler:
     """Draws a batch's candidates (`Candidates`) from the training item counts."""
 
-    def __init__(self, item_counts: torch.Tensor, negatives: int, distribution: str, generator: torch.Generator):
+    def __init__(
+        self, item_counts: torch.Tensor, negatives: int, distribution: str, generator: torch.Generator,
+        sparse_rows: bool = False,
+    ):
+        self.sparse_rows = sparse_rows
         counts = item_counts.double().clone()
         counts[0] = 0
         self.trained = torch.nonzero(counts > 0).squeeze(1)
@@ -53,11 +59,11 @@ class NegativeSampler:
         """The candidates of a batch whose targets (0 = none) are `targets`."""
         device = targets.device
         if self.everything:
-            return Candidates(self.trained.to(device), torch.zeros(len(self.trained), device=device))
+            return Candidates(self.trained.to(device), torch.zeros(len(self.trained), device=device), self.sparse_rows)
         positives = targets[targets > 0].cpu()
         uniform = torch.rand(self.negatives, generator=self.generator, dtype=torch.float64)
         drawn = self.trained[torch.searchsorted(self.cumulative, uniform * self.cumulative[-1]).clamp(max=len(self.trained) - 1)]
         items = torch.unique(torch.cat([positives, drawn]))
         missed = len(positives) * torch.log1p(-self.target_probability[items]) + self.negatives * torch.log1p(-self.sample_probability[items])
         log_inclusion = torch.log(-torch.expm1(missed)).float()
-        return Candidates(items.to(device), log_inclusion.to(device))
+        return Candidates(items.to(device), log_inclusion.to(device), self.sparse_rows)

@@ -209,7 +209,7 @@ class SequenceRecommender(Recommender):
         else:
             # Only the rows a step reads: padding, the windows' items and the candidates.
             needed = torch.unique(torch.cat([inputs.new_zeros(1), inputs.reshape(-1), candidates.items]))
-            items = self.items.rows(needed, dropout)
+            items = self.items.rows(needed, dropout, candidates.sparse_rows)
 
             def rows_of(indices: torch.Tensor) -> torch.Tensor:
                 return torch.searchsorted(needed, indices)
@@ -218,7 +218,8 @@ class SequenceRecommender(Recommender):
                 return candidates.columns(indices)[0]
 
             inputs_rows = rows_of(inputs)
-            biases = self.item_bias[candidates.items] - candidates.log_inclusion
+            candidate_biases = torch.gather(self.item_bias, 0, candidates.items, sparse_grad=candidates.sparse_rows)
+            biases = candidate_biases - candidates.log_inclusion
             output_items = items[rows_of(candidates.items)]
         states = self.states(inputs if rows_of is None else inputs_rows, items, input_events)[mask]
         if self.event_types is not None and target_events is not None:

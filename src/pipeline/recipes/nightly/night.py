@@ -29,15 +29,16 @@ import numpy as np
 import pandas as pd
 
 from pipeline import faults
-from pipeline.api import build, encode, evaluate, preflight, protocol, train
+from pipeline.api import build, encode, evaluate, preflight, protocol
 from pipeline.config import Config, load_config
 from pipeline.data import TEST, VALID, EvalCases, PreparedData
 from pipeline.encoding import encode_items, encoder_identity
 from pipeline.errors import PipelineInputError, StorageError, clip
 from pipeline.models import uses_text
 from pipeline.models.warm_start import ShapeChanged, transplant
-from pipeline.outputs import read_run_config, read_weights, save_model, utc_now
+from pipeline.outputs import elapsed, read_run_config, read_weights, save_model, utc_now
 from pipeline.recipes.context import RunContext
+from pipeline.recipes.nightly.challenger import train_challenger, vocabulary
 from pipeline.recipes.nightly.lock import NightLock
 from pipeline.recipes.nightly.profiles import interest_profiles, profile_summary
 from pipeline.recipes.nightly.records import (
@@ -52,7 +53,7 @@ from pipeline.recipes.nightly.records import (
 )
 from pipeline.serving import catalog_record, read_catalog, serving_lists
 from pipeline.storage import file_fingerprint, follow, point, write_json_atomic, write_table
-from pipeline.training import StopRequest, TrainingDiverged
+from pipeline.training import StopRequest
 
 log = logging.getLogger("pipeline")
 
@@ -118,7 +119,7 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
             f"(newest event {_iso(state['watermark'])}); the champion stays {champion.night_dir.name}"
         )
         log.info(message)
-        append_history(root, {"night": None, "date": utc_now(), "status": NOTHING_NEW, "wall_seconds": _since(started)})
+        append_history(root, {"night": None, "date": utc_now(), "status": NOTHING_NEW, "wall_seconds": elapsed(started)})
         return NightResult(NOTHING_NEW, None, {"status": NOTHING_NEW, "message": message})
 
     night_config = config.model_copy(update={"output": config.output.model_copy(update={"root": str(root / "nights")})})
@@ -135,7 +136,8 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
         texts = {"encoded": encoding.encoded if encoding else 0, "from_cache": encoding.from_cache if encoding else 0}
         selection, gate = split_validation(data)
         with context.stage("train"):
-            challenger, training, history = _train_challenger(config, data, item_embeddings, champion, progress, stop, selection)
+            challenger, training, history = train_challenger(
+                config, data, item_embeddings, champion, progress, stop, selection, state.get("watermark"))
         with context.stage("evaluate"):
             challenger_metrics = _evaluate_windows(challenger, data, config, gate)
             champion_metrics, champion_model = {}, None
@@ -197,7 +199,7 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
     except StorageError as err:  # the champion link already tells what is promoted; the next night reconciles
         log.error("%s; the next night retrains from the champion", err)
     faults.reached("nightly:state-written")
-    summary["timings_seconds"]["total"] = _since(started)
+    summary["timings_seconds"]["total"] = elapsed(started)
     append_history(root, history_row(summary))
     remove_old_nights(root, config.nightly.keep_nights, set(promoted))
     return NightResult(summary["status"], night_dir, summary)
@@ -259,66 +261,6 @@ def _load_champion(root: Path) -> tuple[Champion | None, str | None]:
     return Champion(night_dir, config, weights, vocabulary), None
 
 
-def _vocabulary(data: PreparedData) -> dict[str, list]:
-    return {"items": list(data.item_ids), "categories": list(data.category_names)}
-
-
-def _training_mode(config: Config, champion: Champion | None) -> tuple[str, str]:
-    if champion is None:
-        return "full", "no champion yet"
-    if not config.nightly.warm_start:
-        return "full", "nightly.warm_start is off"
-    changed = _changed_keys(champion.config.model.model_dump(), config.model.model_dump())
-    if changed:
-        return "full", f"model config changed ({', '.join('model.' + key for key in changed)})"
-    try:
-        same_encoder = encoder_identity(champion.config.encoder) == encoder_identity(config.encoder)
-    except PipelineInputError as err:  # e.g. the champion's encoder folder has moved: train afresh
-        return "full", f"the champion's encoder is unavailable ({err})"
-    if not same_encoder:
-        return "full", "encoder changed"
-    return "warm", f"fine-tuned from champion {champion.night_dir.name}"
-
-
-def _changed_keys(before: dict, after: dict) -> list[str]:
-    return sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
-
-
-def _train_challenger(config, data, item_embeddings, champion, progress, stop, selection):
-    """The training recipe with the warm start as its hook: the champion's weights are transplanted after tonight's
-    statistics are fitted, before the first step; if they do not fit, or the fine-tuning diverges, train afresh."""
-    mode, reason = _training_mode(config, champion)
-    warm: dict = {}
-
-    def warm_start(model) -> None:
-        warm.update(transplant(model, champion.state, champion.vocabulary, _vocabulary(data), item_embeddings).to_dict())
-
-    def fresh(epochs: int, hooks: list) -> tuple:
-        model = build(config.model, data, item_embeddings, config.seed)
-        night_config = config.model_copy(update={"train": config.train.model_copy(update={"epochs": epochs})})
-        return model, train(model, data, night_config, progress, stop=stop, before_loop=hooks, validation=selection)
-
-    log.info("challenger: %s training (%s)", mode, reason)
-    started = time.perf_counter()
-    try:
-        if mode != "warm":
-            challenger, history = fresh(config.train.epochs, [])
-        else:
-            challenger, history = fresh(config.nightly.warm_epochs, [warm_start])
-    except (ShapeChanged, TrainingDiverged) as err:
-        if mode != "warm":
-            raise
-        # The stored weights do not fit tonight's model, or they led the fine-tuning astray (they may hold
-        # non-finite values): start from scratch.
-        problem = "stored weights do not fit" if isinstance(err, ShapeChanged) else "warm start diverged"
-        log.warning("%s (%s); training from scratch", problem, err)
-        mode, reason = "full", f"{problem}: {err}"
-        warm.clear()
-        challenger, history = fresh(config.train.epochs, [])
-    training = {"mode": mode, "reason": reason, "epochs": len(history), "seconds": _since(started), "warm_start": warm or None}
-    return challenger, training, history
-
-
 def _champion_for_tonight(champion: Champion, data: PreparedData, config: Config, item_embeddings):
     """The champion's weights on tonight's catalog (new items from their text neighbours), with tonight's statistics."""
     embeddings = item_embeddings
@@ -329,7 +271,7 @@ def _champion_for_tonight(champion: Champion, data: PreparedData, config: Config
     model = build(champion.config.model, data, embeddings, config.seed)
     model.fit_statistics(data.train_view())
     try:
-        transplant(model, champion.state, champion.vocabulary, _vocabulary(data), embeddings)
+        transplant(model, champion.state, champion.vocabulary, vocabulary(data), embeddings)
     except ShapeChanged as err:
         raise PipelineInputError(f"{champion.night_dir / 'model.safetensors'}: does not fit its own config: {err}") from None
     model.eval()
@@ -392,7 +334,3 @@ def _previous_profiles(root: Path, state: dict) -> pd.DataFrame | None:
 
 def _iso(timestamp: int | None) -> str | None:
     return None if timestamp is None else pd.Timestamp(int(timestamp), unit="s", tz="UTC").isoformat()
-
-
-def _since(started: float) -> float:
-    return round(time.perf_counter() - started, 3)

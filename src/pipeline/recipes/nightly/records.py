@@ -139,7 +139,8 @@ def summary_markdown(summary: dict) -> str:
         f"- **Data**: {data['events']:,} events ({data['new_events']:,} new), {data['users']:,} users ({data['new_users']:,} new), "
         f"{data['items']:,} items ({data['new_items']:,} new); newest event {data['newest_event']}",
         f"- **Texts**: {texts['encoded']:,} encoded, {texts['from_cache']:,} from the cache",
-        f"- **Training**: {training['mode']} ({training['reason']}), {training['epochs']} epochs, {training['seconds']:.1f} s",
+        f"- **Training**: {training['mode']} ({training['reason']}), {training['epochs']} epochs, {training['seconds']:.1f} s"
+        + _epoch_windows(training.get("epoch_windows")),
         f"- **Decision**: {decision['message']}",
         f"- **Deciding window**: {decision['window']}, the {decision['window_description']}",
         f"- **Interests**: {profiles['users']:,} profiles; top categories {top}; mean drift since last night {drift}; "
@@ -150,3 +151,10 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+
+
+def _epoch_windows(counts: dict | None) -> str:
+    if not counts:
+        return ""
+    return (f"; each epoch {counts['new_windows']:,} windows with new events + {counts['replayed_windows']:,} replayed "
+            f"of {counts['windows'] - counts['new_windows']:,} others")
