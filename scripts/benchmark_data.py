@@ -48,7 +48,7 @@ print(json.dumps({"load_prepare_s": round(seconds, 2),
 BLOCK = 10_000_000
 
 
-def config_for(ratings: Path, movies: Path, engine: str, shards: Path, memory_gb: float) -> dict:
+def config_for(ratings: Path, movies: Path, engine: str = "pandas", shards: Path | None = None, memory_gb: float = 4.0) -> dict:
     extra = {"engine": engine} if engine == "pandas" else {
         "engine": engine, "shards": {"dir": str(shards), "memory_limit_gb": memory_gb, "count": 64}}
     return {

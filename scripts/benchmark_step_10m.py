@@ -1,0 +1,113 @@
+"""One sampled-softmax training step at a 10M-item catalog: peak RSS of each stage against the memory model.
+
+A synthetic log (`scripts/generate_log.py`: 2M events by default) over a catalog of `--items` items is prepared, a
+Transformer with id item vectors (width 64, the 1M-item benchmark's) is built and its statistics fitted, then one
+step runs as the training loop runs it (`train.loss: sampled`, 2,048 negatives, batch 128, sparse item rows with
+`RowSparseAdamW`). Prints the peak RSS after each stage, the memory model's prediction for the model's own tables
+(docs/benchmarks.md), and the step's seconds.
+
+    .venv/bin/python scripts/benchmark_step_10m.py [--items 10000000] [--events 2000000] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from machine import cpu_name
+
+import pipeline
+from pipeline.config import load_config
+from pipeline.data import load_data, prepare
+from pipeline.training import RowSparseAdamW, clip_gradients, negative_sampler
+from pipeline.windows import training_windows, window_batches
+
+SCRIPTS = Path(__file__).resolve().parent
+GIB = 1024**3
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def model_tables_gib(items: int, width: int, categories: int) -> dict[str, float]:
+    """The memory model: what the model holds per catalog item (fp32), and what the optimizer adds."""
+    rows = items + 1
+    return {
+        "id embedding": rows * width * 4 / GIB,
+        "lazy Adam moments of the id embedding and item bias (2 each)": 2 * rows * (width + 1) * 4 / GIB,
+        "item bias, statistics (counts, rating means, recommendable)": rows * (4 + 4 + 4 + 1) / GIB,
+        "category weights [items, categories]": rows * categories * 4 / GIB,
+        "negative sampler (counts, 2 probabilities in float64)": rows * 3 * 8 / GIB,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=10_000_000)
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--users", type=int, default=40_000)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(SCRIPTS))
+    from benchmark_data import config_for
+    from generate_log import generate, write
+
+    stages = []
+    with tempfile.TemporaryDirectory() as work:
+        log, catalog = generate(args.events, args.users, args.items, seed=0)
+        ratings, movies = write(log, catalog, Path(work), "parquet")
+        del log, catalog
+        stages.append(("generate the log (parquet written)", peak_rss_gib()))
+        config = load_config({
+            **config_for(ratings, movies),
+            "model": {"name": "transformer", "item_representation": "id", "hidden_size": 64, "max_length": 50},
+            "train": {"loss": "sampled", "negatives": 2048, "batch_size": 128, "num_threads": args.threads},
+            "output": {"root": str(Path(work) / "runs")},
+        })
+        data = prepare(load_data(config.data), config.data)
+        stages.append(("load + prepare", peak_rss_gib()))
+        model = pipeline.api.build(config.model, data, None, config.seed)
+        train = data.train_view()
+        model.fit_statistics(train)
+        stages.append(("build the model, fit its statistics", peak_rss_gib()))
+        windows = training_windows(train, model.max_length)
+        sampler = negative_sampler(model, config.train, sparse_rows=True)
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        optimizer = RowSparseAdamW(model, parameters, config.train)
+        batch = next(window_batches(windows, config.train.batch_size, np.random.default_rng(0), torch.device("cpu")))
+        stages.append(("windows, sampler, optimizer", peak_rss_gib()))
+        started = time.perf_counter()
+        model.train()
+        parts = model(*batch, candidates=sampler.draw(batch[1]))
+        weights = model.loss_weights()
+        loss = sum(weights[name] * value for name, value in parts.items())
+        optimizer.zero_grad()
+        loss.backward()
+        clip_gradients(parameters, 5.0)
+        optimizer.step()
+        seconds = time.perf_counter() - started
+        stages.append(("one training step", peak_rss_gib()))
+        trained = int((model.statistics.item_counts > 0).sum())
+        categories = data.category_matrix().shape[1]
+
+    print(f"{args.items:,} items ({trained:,} trained), {args.events:,} events, {args.threads} threads, CPU: {cpu_name()}")
+    for name, rss in stages:
+        print(f"  peak RSS after {name:<40} {rss:6.2f} GiB")
+    print(f"one step: {seconds:.2f} s, loss {float(loss):.3f}")
+    model_tables = model_tables_gib(args.items, 64, categories)
+    print("memory model of the model's own tables:")
+    for name, gib in model_tables.items():
+        print(f"  {name:<66} {gib:6.2f} GiB")
+    print(f"  {'total':<66} {sum(model_tables.values()):6.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
