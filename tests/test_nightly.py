@@ -32,7 +32,7 @@ def night_config(tmp_path_factory):
         root / "data", root / "runs", root / "cache",
         train={"epochs": 3, "patience": 3, "learning_rate": 0.005},
         eval={"ks": [10, 50], "select_k": 50},
-        nightly={"warm_epochs": 2, "metric": "ndcg@50", "tolerance": 0.02, "keep_nights": 2},
+        nightly={"warm_epochs": 2, "metric": "ndcg@50", "tolerance": 0.02, "keep_nights": 2, "replay_fraction": 0.1},
     )
     return root, config
 
@@ -62,7 +62,7 @@ def test_three_nights_then_a_degraded_challenger(night_config):
     assert second.summary["data"]["new_events"] > 0
     # Only the new movies' texts are encoded; every other text comes from the cache.
     assert second.summary["texts"] == {"encoded": items_night2 - items_night1, "from_cache": items_night1}
-    windows = second.summary["training"]["epoch_windows"]  # windows with new events + a tenth of the others
+    windows = second.summary["training"]["epoch_windows"]  # windows not trained on last night + a tenth of the others
     assert 0 < windows["new_windows"] < windows["windows"]
     assert windows["replayed_windows"] == round(0.1 * (windows["windows"] - windows["new_windows"]))
     warm = second.summary["training"]["warm_start"]
@@ -208,11 +208,13 @@ def test_the_gate_is_the_validation_half_the_challenger_does_not_select_on(tiny_
 
 def test_a_warm_epoch_takes_every_window_with_new_events_and_a_fresh_replay_share_of_the_others():
     newest = np.array([5, 1, 9, 2, 8, 3, 7, 4, 6, 10])
+    users_newest = np.zeros(10, dtype=bool)
+    users_newest[[0, 2]] = True  # window 0 ends at its user's newest training event (held out last night)
     windows = TrainingWindows(np.zeros((10, 2), dtype=np.int64), np.zeros((10, 2), dtype=np.int64), None,
-                              newest_target_time=newest)
+                              newest_target_time=newest, users_newest=users_newest)
     select, rng = ReplaySelection(newer_than=7, replay_fraction=0.5), np.random.default_rng(0)
     draws = [select(windows, rng) for _ in range(20)]
     for rows in draws:
-        assert set(np.flatnonzero(newest > 7)) <= set(rows) and len(rows) == 3 + 4  # 3 new, half of the 7 others
+        assert {0, 2, 4, 9} <= set(rows) and len(rows) == 4 + 3  # 3 newer + window 0, half of the 6 others
     assert len({tuple(rows) for rows in draws}) > 1  # the replayed windows are drawn afresh each epoch
-    assert select.counts == {"new_windows": 3, "replayed_windows": 4, "windows": 10}
+    assert select.counts == {"new_windows": 4, "replayed_windows": 3, "windows": 10}

@@ -22,6 +22,7 @@ class TrainingWindows:
     target_weights: np.ndarray | None = None  # [windows, L] loss weights of the targets (event type, value)
     target_events: np.ndarray | None = None  # [windows, L] event-type codes of the targets
     newest_target_time: np.ndarray | None = None  # [windows] unix seconds of each window's newest target
+    users_newest: np.ndarray | None = None  # [windows] bool: the window ends at its user's newest training event
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -42,7 +43,7 @@ def training_windows(train: TrainView, max_length: int, stride: int | None = Non
     weights = train.sequences("weight") if "weight" in train.events.columns else {}
     times = train.sequences("timestamp")
     inputs, targets, target_ratings, input_events, target_weights, target_events = [], [], [], [], [], []
-    newest = []
+    newest, users_newest = [], []
     for user, sequence in sequences.items():
         end = len(sequence)
         while end > 1:
@@ -53,6 +54,7 @@ def training_windows(train: TrainView, max_length: int, stride: int | None = Non
             inputs.append(sequence[start : end - 1])
             targets.append(window_targets)
             newest.append(times[user][end - 1])
+            users_newest.append(end == len(sequence))
             if ratings:
                 target_ratings.append(ratings[user][start + 1 : end])
             if events:
@@ -69,6 +71,7 @@ def training_windows(train: TrainView, max_length: int, stride: int | None = Non
         target_weights=_pad(target_weights, max_length, np.float32) if weights else None,
         target_events=_pad(target_events, max_length, np.int64) if events else None,
         newest_target_time=np.array(newest, dtype=np.int64),
+        users_newest=np.array(users_newest, dtype=bool),
     )
 
 
@@ -123,16 +126,19 @@ def _batch(windows: TrainingWindows, rows: np.ndarray, device: torch.device) -> 
 
 @dataclass
 class ReplaySelection:
-    """An epoch's windows for a warm start: every window with a target newer than `newer_than` (what happened since
-    the model last trained), plus a fresh draw of `replay_fraction` of the others, so the model learns the new
-    events without forgetting the old ones, at a fraction of a full epoch's cost."""
+    """An epoch's windows for a warm start: what the model has not trained on, plus a fresh draw of `replay_fraction`
+    of the others, so it learns the new events without forgetting the old ones, at a fraction of a full epoch's cost.
+
+    Not trained on: every window with a target newer than `newer_than` (the last night's newest event), and each
+    user's newest window, which holds the events the last night held out to evaluate on (a user's last events
+    under leave-last-out) and now trains on."""
 
     newer_than: int
     replay_fraction: float
     counts: dict = field(default_factory=dict)  # of the last call: windows with new targets, replayed, all
 
     def __call__(self, windows: TrainingWindows, rng: np.random.Generator) -> np.ndarray:
-        new = windows.newest_target_time > self.newer_than
+        new = (windows.newest_target_time > self.newer_than) | windows.users_newest
         old = np.flatnonzero(~new)
         replayed = rng.choice(old, size=int(round(self.replay_fraction * len(old))), replace=False)
         self.counts = {"new_windows": int(new.sum()), "replayed_windows": len(replayed), "windows": len(windows)}

@@ -146,8 +146,8 @@ def _load(sql: _Sql, config: InteractionsConfig, rating_range) -> list[str]:
         locate = f"WHERE file_row_number = {row}" if parquet else f"LIMIT 1 OFFSET {row}"
         shown = sql.one(f"SELECT CAST({_quote(column)} AS VARCHAR) FROM {scan} {locate}")
         missing = shown is None or not shown.strip()
-        text = (empty if missing and empty else message).format(column=repr(column), value=shorten(shown))
-        raise PipelineInputError(f"{path}: row {row + 1}: {text}")
+        detail = (empty if missing and empty else message).format(column=repr(column), value=shorten(shown))
+        raise PipelineInputError(f"{path}: row {row + 1}: {detail}")
 
     total = sql.one("SELECT count(*) FROM log")
     if total == 0:
@@ -186,8 +186,8 @@ def _seconds(column: str, types: dict[str, str]) -> str:
         return f"CAST(epoch({quoted}) AS DOUBLE)"
     if kind.startswith(NUMERIC_TYPES):
         return f"CAST({quoted} AS DOUBLE)"
-    text = f"trim(CAST({quoted} AS VARCHAR))"
-    return f"coalesce(TRY_CAST({text} AS DOUBLE), CAST(epoch(TRY_CAST({text} AS TIMESTAMPTZ)) AS DOUBLE))"
+    stripped = f"trim(CAST({quoted} AS VARCHAR))"
+    return f"coalesce(TRY_CAST({stripped} AS DOUBLE), CAST(epoch(TRY_CAST({stripped} AS TIMESTAMPTZ)) AS DOUBLE))"
 
 
 def _number(column: str, types: dict[str, str]) -> str:

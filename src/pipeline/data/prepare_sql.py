@@ -68,8 +68,10 @@ def prepare_in_sql(
     sql.define("known", f"SELECT {listed} FROM log WHERE item IN (SELECT item FROM catalog)")
     current = "known"
     if config.deduplicate:
-        sql.materialize("unique_events", f"SELECT {listed} FROM (SELECT {listed}, row_number() OVER "
-                        "(PARTITION BY user_id, item, ts ORDER BY ord) AS copy FROM known) numbered WHERE copy = 1")
+        # The first row of each (user, item, time) in file order: a hash aggregate, cheaper than a window's sort.
+        kept = ", ".join(f"min_by({name}, ord) AS {name}" for name in columns if name not in ("ord", "user_id", "item", "ts"))
+        sql.materialize("unique_events", f"SELECT {listed} FROM (SELECT user_id, item, ts, min(ord) AS ord"
+                        f"{', ' + kept if kept else ''} FROM known GROUP BY user_id, item, ts) firsts")
         repeated = sql.one("SELECT count(*) FROM known") - sql.one("SELECT count(*) FROM unique_events")
         if repeated:
             log.info("dropped %d duplicate interactions (same user, item and timestamp)", repeated)
