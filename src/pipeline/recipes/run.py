@@ -3,6 +3,7 @@ publish one run directory."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pipeline.serving import catalog_record, embedding_tables, list_maker, recom
 from pipeline.storage import write_table
 from pipeline.training import StopRequest
 
+log = logging.getLogger("pipeline")
 
 @dataclass
 class RunResult:
@@ -66,8 +68,12 @@ def run(
             metrics = {"protocol": protocol(data, config), "splits": {VALID: {}, TEST: {}}}
             for floor in floor_configs(seen_items_listed=not metrics["protocol"]["exclude_seen"]):
                 if floor.name not in models:
-                    models[floor.name] = build(floor, data, None, config.seed)
-                    train(models[floor.name], data, config)
+                    candidate = build(floor, data, None, config.seed)
+                    if data.rank_local and not candidate.fits_on_rank_shards:
+                        log.info("floor %s skipped: it learns from the whole log, and this rank holds its own shards", floor.name)
+                        continue
+                    models[floor.name] = candidate
+                    train(candidate, data, config)
             for split in (VALID, TEST):
                 for name, candidate in models.items():
                     metrics["splits"][split][name], rankings = evaluate(candidate, data, config, split)
