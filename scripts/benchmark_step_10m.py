@@ -12,6 +12,7 @@ step runs as the training loop runs it (`train.loss: sampled`, 2,048 negatives, 
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import sys
 import tempfile
@@ -34,6 +35,16 @@ GIB = 1024**3
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def rss_gib() -> float:
+    """The resident set now (the peak is a high-water mark: it cannot tell what a later stage holds)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / GIB
+
+
+def stage(name: str) -> tuple[str, float, float]:
+    return name, rss_gib(), peak_rss_gib()
 
 
 def model_tables_gib(items: int, width: int, categories: int) -> dict[str, float]:
@@ -65,7 +76,8 @@ def main() -> None:
         log, catalog = generate(args.events, args.users, args.items, seed=0)
         ratings, movies = write(log, catalog, Path(work), "parquet")
         del log, catalog
-        stages.append(("generate the log (parquet written)", peak_rss_gib()))
+        gc.collect()
+        stages.append(stage("generate the log (parquet written)"))
         config = load_config({
             **config_for(ratings, movies),
             "model": {"name": "transformer", "item_representation": "id", "hidden_size": 64, "max_length": 50},
@@ -73,17 +85,17 @@ def main() -> None:
             "output": {"root": str(Path(work) / "runs")},
         })
         data = prepare(load_data(config.data), config.data)
-        stages.append(("load + prepare", peak_rss_gib()))
+        stages.append(stage("load + prepare"))
         model = pipeline.api.build(config.model, data, None, config.seed)
         train = data.train_view()
         model.fit_statistics(train)
-        stages.append(("build the model, fit its statistics", peak_rss_gib()))
+        stages.append(stage("build the model, fit its statistics"))
         windows = training_windows(train, model.max_length)
         sampler = negative_sampler(model, config.train, sparse_rows=True)
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = RowSparseAdamW(model, parameters, config.train)
         batch = next(window_batches(windows, config.train.batch_size, np.random.default_rng(0), torch.device("cpu")))
-        stages.append(("windows, sampler, optimizer", peak_rss_gib()))
+        stages.append(stage("windows, sampler, optimizer"))
         started = time.perf_counter()
         model.train()
         parts = model(*batch, candidates=sampler.draw(batch[1]))
@@ -94,14 +106,15 @@ def main() -> None:
         clip_gradients(parameters, 5.0)
         optimizer.step()
         seconds = time.perf_counter() - started
-        stages.append(("one training step", peak_rss_gib()))
+        stages.append(stage("one training step"))
         trained = int((model.statistics.item_counts > 0).sum())
         categories = data.category_matrix().shape[1]
 
     print(f"{args.items:,} items ({trained:,} trained), {args.events:,} events, {args.threads} threads, CPU: {cpu_name()}")
-    for name, rss in stages:
-        print(f"  peak RSS after {name:<40} {rss:6.2f} GiB")
-    print(f"one step: {seconds:.2f} s, loss {float(loss):.3f}")
+    print(f"  {'after':<40} {'RSS GiB':>8} {'peak GiB':>9}")
+    for name, rss, peak in stages:
+        print(f"  {name:<40} {rss:8.2f} {peak:9.2f}")
+    print(f"one step: {seconds:.2f} s (its lazy Adam moments allocated in it), loss {float(loss.detach()):.3f}")
     model_tables = model_tables_gib(args.items, 64, categories)
     print("memory model of the model's own tables:")
     for name, gib in model_tables.items():

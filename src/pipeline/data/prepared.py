@@ -55,8 +55,22 @@ class EvalCases:
         )
 
 
+class _LogColumns:
+    """What the log of an `events` frame holds besides users, items and times."""
+
+    events: pd.DataFrame
+
+    @property
+    def has_ratings(self) -> bool:
+        return "rating" in self.events.columns
+
+    @property
+    def has_event_types(self) -> bool:
+        return "event" in self.events.columns
+
+
 @dataclass
-class TrainView:
+class TrainView(_LogColumns):
     """All a model may learn from: the training events and the catalog. No validation or test row is in it, so a
     model cannot leak the evaluation period into its counts, vocabularies or features, however it is written."""
 
@@ -73,14 +87,6 @@ class TrainView:
     def n_items(self) -> int:
         return len(self.item_texts) - 1
 
-    @property
-    def has_ratings(self) -> bool:
-        return "rating" in self.events.columns
-
-    @property
-    def has_event_types(self) -> bool:
-        return "event" in self.events.columns
-
     def sequences(self, column: str = "item") -> dict[int, np.ndarray]:
         """Per user, `column` (item indices by default; rating, event, weight) of their training events, oldest first."""
         return {int(user): group.to_numpy() for user, group in self.events.groupby("user", sort=True)[column]}
@@ -90,7 +96,7 @@ class TrainView:
 
 
 @dataclass
-class PreparedData:
+class PreparedData(_LogColumns):
     events: pd.DataFrame  # user, item (indices), timestamp, [rating], split
     item_ids: np.ndarray  # original id of item index i at position i (position 0: padding)
     user_ids: np.ndarray  # original id of user index u
@@ -114,14 +120,6 @@ class PreparedData:
     @property
     def n_users(self) -> int:
         return len(self.user_ids)
-
-    @property
-    def has_ratings(self) -> bool:
-        return "rating" in self.events.columns
-
-    @property
-    def has_event_types(self) -> bool:
-        return "event" in self.events.columns
 
     @property
     def rank_local(self) -> bool:
