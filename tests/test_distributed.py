@@ -110,3 +110,27 @@ def test_two_gloo_processes_on_duckdb_shards_read_disjoint_users_and_match_one_p
         assert metrics["splits"][split]["popularity"] == pytest.approx(single.metrics["splits"][split]["popularity"], abs=1e-9)
     lists = pd.read_parquet(run_dir / "recommendations.parquet")
     assert set(lists["user_id"]) == set(single.recommendations["user_id"])  # every rank's users, written by rank 0
+
+
+def test_bad_input_found_by_rank_0_while_preparing_stops_every_rank(tmp_path):
+    """Rank 0 prepares the shards while the others wait: its error reaches them, so none waits forever."""
+    pytest.importorskip("duckdb")
+    events = tmp_path / "events.csv"
+    events.write_text("u,i,t\na,1,100\n,1,200\n", encoding="utf-8")
+    items = tmp_path / "items.csv"
+    items.write_text("id,title,cat\n1,One,x\n", encoding="utf-8")
+    config = {
+        "data": {"engine": "duckdb", "shards": {"dir": str(tmp_path / "prepared")},
+                 "interactions": {"path": str(events), "columns": {"user": "u", "item": "i", "timestamp": "t"}},
+                 "items": {"path": str(items), "columns": {"id": "id", "category": "cat"}}},
+        "output": {"root": str(tmp_path / "runs")},
+    }
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "pipeline", "run", str(write_yaml(tmp_path / "bad.yaml", config)),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.count("events.csv: row 2: empty 'u'") == 2  # both ranks, the same message
+    assert not any((tmp_path / "prepared").glob("*")) and not any(path.name.startswith("run-") for path in (tmp_path / "runs").glob("*"))

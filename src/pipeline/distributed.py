@@ -60,19 +60,20 @@ def run_on_main(work: Callable[[], None]) -> None:
     if world_size() == 1:
         work()
         return
-    message = [None]
+    outcome: list = [None]  # (bad input?, message) when rank 0 failed
     if is_main():
         try:
             work()
-        except PipelineInputError as err:
-            message[0] = str(err)
+        except Exception as err:
+            outcome[0] = (isinstance(err, PipelineInputError), str(err))
             raise
         finally:
-            dist.broadcast_object_list(message, src=0)
+            dist.broadcast_object_list(outcome, src=0)
     else:
-        dist.broadcast_object_list(message, src=0)
-        if message[0] is not None:
-            raise PipelineInputError(message[0])
+        dist.broadcast_object_list(outcome, src=0)
+        if outcome[0] is not None:
+            bad_input, message = outcome[0]
+            raise (PipelineInputError if bad_input else RuntimeError)(message if bad_input else f"rank 0 failed: {message}")
 
 
 def sum_across_ranks(value: float) -> float:
