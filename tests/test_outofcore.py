@@ -192,6 +192,7 @@ def test_config_refuses_shards_without_duckdb_and_jsonl_with_it(shop, tmp_path):
     assert shards_module.shard_of("user42", 16) == 6  # md5("user42") = fd8689cb8011..., first 60 bits mod 16
 
 
+@pytest.mark.slow  # two end-to-end runs
 def test_a_run_on_the_duckdb_engine_matches_the_pandas_engine_and_validate_writes_nothing(tiny_data, embedding_cache, tmp_path):
     config = tiny_config_dict(tiny_data, tmp_path / "runs", embedding_cache, train={"epochs": 1})
     in_memory = pipeline.run(config)

@@ -49,7 +49,7 @@ def test_the_spark_job_writes_shards_the_pipeline_trains_on_to_the_same_metrics(
     config_path = write_yaml(tmp_path / "spark.yaml", on_shards)
     job = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "spark_prepare.py"), str(config_path), "--master", "local[2]",
-         "--conf", "spark.sql.shuffle.partitions=4"],
+         "--conf", "spark.sql.shuffle.partitions=2", "--conf", "spark.ui.enabled=false"],
         cwd=REPO, env={**os.environ, "PYSPARK_PYTHON": sys.executable}, capture_output=True, text=True, timeout=600,
     )
     assert job.returncode == 0, job.stderr[-3000:]
