@@ -64,7 +64,10 @@ class SparkSql:
         return self.spark.sql(select).collect()[0][0]
 
     def column(self, select: str) -> list:
-        return [row[0] for row in self.spark.sql(select).collect()]
+        return [row[0] for row in self.rows(select)]
+
+    def rows(self, select: str) -> list[tuple]:
+        return [tuple(row) for row in self.spark.sql(select).collect()]
 
 
 def load_log(sql: SparkSql, config: InteractionsConfig, rating_range) -> list[str]:

@@ -204,3 +204,15 @@ def test_a_run_on_the_duckdb_engine_matches_the_pandas_engine_and_validate_write
     out_of_core = pipeline.run(duckdb_config)
     assert out_of_core.metrics["splits"] == in_memory.metrics["splits"]
     assert len(list(prepared.iterdir())) == 1
+
+
+def test_a_partial_folder_left_by_a_killed_preparation_is_removed_by_the_next(shop, tmp_path):
+    from pipeline.data.shards import prepared_key, source_paths
+
+    config = shop_config(shop, tmp_path, "duckdb")
+    key = prepared_key(config.data, config.eval.target_event_types, [file_fingerprint(path) for path in source_paths(config.data)])
+    (tmp_path / "prepared").mkdir()
+    abandoned = tmp_path / "prepared" / f".{key}.999999999.partial"  # no such process
+    (abandoned / "events").mkdir(parents=True)
+    load_prepared(config.data, config.eval.target_event_types)
+    assert sorted(path.name for path in (tmp_path / "prepared").iterdir()) == [key]

@@ -85,7 +85,10 @@ class _Sql:
         return self.run(statement, parameters).fetchone()[0]
 
     def column(self, statement: str) -> list:
-        return [row[0] for row in self.run(statement).fetchall()]
+        return [row[0] for row in self.rows(statement)]
+
+    def rows(self, statement: str) -> list[tuple]:
+        return self.run(statement).fetchall()
 
 
 def _quote(name: str) -> str:

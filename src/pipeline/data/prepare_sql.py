@@ -35,6 +35,7 @@ class SqlEngine(Protocol):
     def register(self, name: str, frame: pd.DataFrame) -> None: ...
     def one(self, select: str): ...  # the first column of the first row
     def column(self, select: str) -> list: ...  # the first column of every row
+    def rows(self, select: str) -> list[tuple]: ...
 
 
 @dataclass
@@ -230,9 +231,7 @@ def write_vocabularies(sql: SqlEngine, folder, prepared: Prepared, user_ids: lis
     write_table(pd.DataFrame({"user_id": np.array(user_ids, dtype=object)}), folder / "users.parquet")
     write_table(pd.DataFrame({"item": prepared.items["item"].to_numpy(dtype=object)}), folder / "items.parquet")
     write_table(pd.DataFrame({"item": np.asarray(prepared.cold_ids, dtype=object)}), folder / "cold.parquet")
-    splits = {split: int(count) for split, count in
-              zip(sql.column(f"SELECT split FROM {prepared.table} GROUP BY split ORDER BY split"),
-                  sql.column(f"SELECT count(*) FROM {prepared.table} GROUP BY split ORDER BY split"))}
+    splits = {split: int(count) for split, count in sql.rows(f"SELECT split, count(*) FROM {prepared.table} GROUP BY split")}
     return {"events": sum(splits.values()), "events_per_split": splits, "users": len(user_ids),
             "items": len(prepared.items), "event_names": list(event_names), "shards": shards,
             "weights": "weight" in prepared.columns, "ratings": "rating" in prepared.columns}

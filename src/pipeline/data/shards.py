@@ -79,12 +79,16 @@ def load_prepared(
             folder = Path(scratch) / folder.name
             build_prepared_folder(config, target_event_types, folder, fingerprints)
             return read_prepared(folder, config, target_event_types, shards), fingerprints
-    return read_prepared(prepared_folder(config, target_event_types, fingerprints), config, target_event_types, shards), fingerprints
+    return read_prepared(prepared_folder(config, target_event_types, fingerprints, folder), config, target_event_types,
+                         shards), fingerprints
 
 
-def prepared_folder(config: DataConfig, target_event_types: list[str] | None, fingerprints: list[dict]) -> Path:
-    """The prepared folder of these inputs and this data config, prepared now if there is none."""
-    folder = Path(config.shards.dir) / prepared_key(config, target_event_types, fingerprints)
+def prepared_folder(
+    config: DataConfig, target_event_types: list[str] | None, fingerprints: list[dict], folder: Path | None = None
+) -> Path:
+    """The prepared folder of these inputs and this data config (`folder`, when the caller has its name already),
+    prepared now if there is none."""
+    folder = folder or Path(config.shards.dir) / prepared_key(config, target_event_types, fingerprints)
     if (folder / "manifest.json").is_file():
         log.info("reading the prepared log %s", folder)
     else:
@@ -122,6 +126,7 @@ def build_prepared_folder(
         from pipeline.data.outofcore import prepare_shards as prepare_into
 
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(folder)
     partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
@@ -140,6 +145,26 @@ def build_prepared_folder(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Delete the partial folders of `folder` that killed preparations left (their process is gone); a live one is
+    another process preparing the same log, and stays."""
+    for partial in folder.parent.glob(f".{folder.name}.*.partial"):
+        pid = partial.name[len(folder.name) + 2 : -len(".partial")]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+            log.info("removed %s, left by a preparation that was stopped", partial)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_prepared(
