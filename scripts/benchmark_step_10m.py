@@ -3,10 +3,12 @@
 A synthetic log (`scripts/generate_log.py`: 2M events by default) over a catalog of `--items` items is prepared, a
 Transformer with id item vectors (width 64, the 1M-item benchmark's) is built and its statistics fitted, then one
 step runs as the training loop runs it (`train.loss: sampled`, 2,048 negatives, batch 128, sparse item rows with
-`RowSparseAdamW`). Prints the peak RSS after each stage, the memory model's prediction for the model's own tables
-(docs/benchmarks.md), and the step's seconds.
+`RowSparseAdamW`). With `--text-width`, the items also carry text vectors: a float16 item table of that width
+(random unit vectors) written as the embedding cache writes one and memory-mapped as the models read it, the
+representation text+id. Prints the peak RSS after each stage, the memory model's prediction for the model's own
+tables (docs/benchmarks.md), and the step's seconds.
 
-    .venv/bin/python scripts/benchmark_step_10m.py [--items 10000000] [--events 2000000] [--threads 2]
+    .venv/bin/python scripts/benchmark_step_10m.py [--items 10000000] [--events 2000000] [--threads 2] [--text-width 384]
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from machine import cpu_name
 import pipeline
 from pipeline.config import load_config
 from pipeline.data import load_data, prepare
+from pipeline.embedding_cache import CHUNK_ROWS, map_npy, npy_writer
+from pipeline.storage import write_atomic
 from pipeline.training import RowSparseAdamW, clip_gradients, negative_sampler
 from pipeline.windows import training_windows, window_batches
 
@@ -47,10 +51,11 @@ def stage(name: str) -> tuple[str, float, float]:
     return name, rss_gib(), peak_rss_gib()
 
 
-def model_tables_gib(items: int, width: int, categories: int) -> dict[str, float]:
+def model_tables_gib(items: int, width: int, categories: int, text_width: int = 0) -> dict[str, float]:
     """The memory model: what the model holds per catalog item (fp32), and what the optimizer adds."""
     rows = items + 1
-    return {
+    text = {"text vectors in float16 (file-backed pages, read where used)": rows * text_width * 2 / GIB} if text_width else {}
+    return {**text,
         "id embedding": rows * width * 4 / GIB,
         "lazy Adam moments of the id embedding and item bias (2 each)": 2 * rows * (width + 1) * 4 / GIB,
         "item bias, statistics (counts, rating means, recommendable)": rows * (4 + 4 + 4 + 1) / GIB,
@@ -59,12 +64,29 @@ def model_tables_gib(items: int, width: int, categories: int) -> dict[str, float
     }
 
 
+def text_table(path: Path, rows: int, width: int) -> np.ndarray:
+    """Random unit vectors in float16, row 0 zero, streamed to an `.npy` file and memory-mapped."""
+    rng = np.random.default_rng(0)
+
+    def chunks():
+        for start in range(0, rows, CHUNK_ROWS):
+            vectors = rng.standard_normal((min(CHUNK_ROWS, rows - start), width), dtype=np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            if start == 0:
+                vectors[0] = 0
+            yield vectors
+
+    write_atomic(path, npy_writer((rows, width), np.float16, chunks()))
+    return map_npy(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=10_000_000)
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--users", type=int, default=40_000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--text-width", type=int, default=0, help="text vectors per item, float16 memory-mapped (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(SCRIPTS))
@@ -86,7 +108,12 @@ def main() -> None:
         })
         data = prepare(load_data(config.data), config.data)
         stages.append(stage("load + prepare"))
-        model = pipeline.api.build(config.model, data, None, config.seed)
+        table = None
+        if args.text_width:
+            table = text_table(Path(work) / "item_text.npy", data.n_items + 1, args.text_width)
+            config = config.model_copy(update={"model": config.model.model_copy(update={"item_representation": "text+id"})})
+            stages.append(stage(f"float16 text table written, mapped ({table.nbytes / GIB:.1f} GiB)"))
+        model = pipeline.api.build(config.model, data, table, config.seed)
         train = data.train_view()
         model.fit_statistics(train)
         stages.append(stage("build the model, fit its statistics"))
@@ -115,7 +142,7 @@ def main() -> None:
     for name, rss, peak in stages:
         print(f"  {name:<40} {rss:8.2f} {peak:9.2f}")
     print(f"one step: {seconds:.2f} s (its lazy Adam moments allocated in it), loss {float(loss.detach()):.3f}")
-    model_tables = model_tables_gib(args.items, 64, categories)
+    model_tables = model_tables_gib(args.items, 64, categories, args.text_width)
     print("memory model of the model's own tables:")
     for name, gib in model_tables.items():
         print(f"  {name:<66} {gib:6.2f} GiB")

@@ -465,7 +465,7 @@ def cached_once(folder: Path, texts: list[str]):
 
     config = cache_config(folder)
     encode_texts(texts, config, encoder=CountingEncoder())
-    (shard,) = (folder / encoder_identity(config)).glob("shard-*.npz")
+    (shard,) = (folder / encoder_identity(config)).glob("shard-*.keys.npy")
     return config, shard
 
 
@@ -473,7 +473,9 @@ CACHE_DAMAGE = [
     ("truncated", truncate),
     ("empty", lambda shard: shard.write_bytes(b"")),
     ("corrupted", lambda shard: shard.write_bytes(b"PK\x03\x04" + os.urandom(200))),
-    ("wrong_arrays", lambda shard: np.savez(open(shard, "wb"), keys=np.zeros((2, 2)), vectors=np.zeros(3))),
+    ("wrong_arrays", lambda shard: np.save(open(shard, "wb"), np.zeros((2, 2)))),
+    ("vectors_truncated", lambda shard: truncate(shard.with_name(shard.name.replace(".keys.", ".vectors.")))),
+    ("vectors_missing", lambda shard: shard.with_name(shard.name.replace(".keys.", ".vectors.")).unlink()),
 ]
 
 
@@ -516,7 +518,7 @@ def test_unwritable_cache_keeps_the_computed_vectors(tmp_path, problem, monkeypa
         def full(path, content):
             raise pipeline.StorageError(f"{path}: disk full (no space left on device)")
 
-        monkeypatch.setattr("pipeline.encoding.write_atomic", full)
+        monkeypatch.setattr("pipeline.embedding_cache.write_atomic", full)
     config = cache_config(tmp_path / "cache")
     with caplog.at_level("WARNING", logger="pipeline"):
         vectors, stats = encode_texts(["a film", "another film"], config, encoder=CountingEncoder())

@@ -45,7 +45,7 @@ def test_two_gloo_processes_match_one_process(tiny_data, tmp_path):
     assert len(run_dirs) == 1  # only rank 0 wrote
     manifest = json.loads((run_dirs[0] / "manifest.json").read_text())
     assert manifest["encoding"]["encoded"] == single_encoded == manifest["encoding"]["unique_texts"]
-    assert len(list((tmp_path / "cache-distributed").rglob("shard-*.npz"))) == 1  # one cache, written by rank 0
+    assert len(list((tmp_path / "cache-distributed").rglob("shard-*.keys.npy"))) == 1  # one cache, written by rank 0
 
     metrics = json.loads((run_dirs[0] / "metrics.json").read_text())["splits"]
     for split, models in single.metrics["splits"].items():

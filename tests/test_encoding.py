@@ -84,3 +84,43 @@ def test_behavior_embedding_is_closest_to_its_own_items(tmp_path):
     assert similarity[0, [0, 2]].min() > similarity[0, 1]
     assert similarity[1].argmax() == 1
     assert stats.encoded == 2
+
+
+def test_item_table_is_memory_mapped_from_the_cache_in_the_configured_dtype(tmp_path, monkeypatch):
+    from pipeline import embedding_cache
+    from pipeline.encoding import encode_items
+
+    items = [""] + TEXTS
+    full, stats = encode_items(items, EncoderConfig(cache_dir=str(tmp_path), table_dtype="float32"))
+    half, again = encode_items(items, EncoderConfig(cache_dir=str(tmp_path), table_dtype="float16"))
+    assert isinstance(full, np.memmap) and isinstance(half, np.memmap)
+    assert full.dtype == np.float32 and half.dtype == np.float16 and half.shape == full.shape == (5, 384)
+    assert (stats.encoded, again.encoded) == (4, 0)  # the second table is built from the cache
+    assert not full[0].any() and not half[0].any()  # padding
+    vectors, _ = encode_texts(TEXTS, EncoderConfig(cache_dir=str(tmp_path)))
+    np.testing.assert_array_equal(full[1:], vectors)
+    cosine = (half[1:].astype(np.float32) * vectors).sum(1) / np.linalg.norm(half[1:].astype(np.float32), axis=1)
+    assert cosine.min() > 0.9999
+    # auto: float16 from FLOAT16_TABLES_FROM items
+    monkeypatch.setattr("pipeline.encoding.FLOAT16_TABLES_FROM", 4)
+    auto, _ = encode_items(items, EncoderConfig(cache_dir=str(tmp_path)))
+    assert auto.dtype == np.float16 and auto.filename == half.filename  # the same table, reused
+    # tables of other catalogs: the newest KEPT_TABLES are kept
+    monkeypatch.setattr(embedding_cache, "KEPT_TABLES", 2)
+    for drop in range(3):
+        encode_items(items[: len(items) - drop], EncoderConfig(cache_dir=str(tmp_path), table_dtype="float32"))
+    assert len(list(tmp_path.rglob("tables/*.npy"))) == 2
+
+
+def test_item_table_stays_in_memory_when_the_cache_is_unwritable(tmp_path, monkeypatch, caplog):
+    from pipeline.encoding import encode_items
+
+    config = EncoderConfig(cache_dir=str(tmp_path), table_dtype="float16")
+    encode_texts(TEXTS, config)
+    (tables,) = {path.parent for path in tmp_path.rglob("shard-*")}
+    (tables / "tables").write_text("not a folder")
+    with caplog.at_level("WARNING", logger="pipeline"):
+        table, stats = encode_items([""] + TEXTS, config)
+    assert "item table" in caplog.text and "stays in memory" in caplog.text
+    assert not isinstance(table, np.memmap) and table.dtype == np.float16 and table.shape == (5, 384)
+    assert stats.encoded == 0

@@ -1,12 +1,13 @@
 """A run directory appears only when finished; a failed run leaves nothing and keeps `latest`."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import pipeline
-from pipeline.recipes import run as run_recipe
 from pipeline.storage import file_fingerprint
 
 
@@ -20,7 +21,7 @@ def test_failed_run_leaves_no_directory_and_keeps_latest(tiny_config, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(run_recipe, "save_model", broken)
+    monkeypatch.setattr("pipeline.serving.save_model", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         pipeline.run(tiny_config)
     names = sorted(path.name for path in (tmp_path / "runs").iterdir())
@@ -85,3 +86,37 @@ def test_recommend_orders_histories_by_time_across_utc_offsets_and_reads_the_run
     assert not lists.equals(loaded.recommend(reversed_order))  # the order matters to this model
     with pytest.raises(pipeline.PipelineInputError, match=r"events: needs the run's columns \['userId', 'movieId', 'timestamp'\] or user, item, timestamp; found \['who'\]"):
         loaded.recommend(pd.DataFrame({"who": ["new"]}))
+
+
+@pytest.mark.slow
+def test_the_item_text_table_is_kept_beside_the_weights_and_mapped_back(tiny_config):
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.outputs import ITEM_TABLE
+
+    tiny_config["train"]["epochs"] = 1
+    tiny_config["encoder"]["table_dtype"] = "float16"
+    result = pipeline.run(tiny_config)
+    table = result.run_dir / ITEM_TABLE
+    cached = Path(result.config.encoder.cache_dir).rglob("tables/*.npy")
+    assert table.stat().st_ino in {path.stat().st_ino for path in cached}  # a hard link: the vectors are not copied
+    weights = load_file(str(result.run_dir / "model.safetensors"))
+    assert not [name for name in weights if name.endswith("item_text_embeddings")]  # not inside the weights
+
+    def text_buffer(model):
+        (buffer,) = [tensor for name, tensor in model.named_buffers() if name.endswith("item_text_embeddings")]
+        return buffer
+
+    loaded = pipeline.load_run(result.run_dir)
+    assert text_buffer(loaded.model).dtype == torch.float16
+    np.testing.assert_array_equal(text_buffer(loaded.model).numpy(), np.load(table))
+    events = pipeline.data.load_interactions(result.config.data.interactions)
+    lists = loaded.recommend(events)
+    # Weights written before the table was kept beside them carry it: they load the same.
+    (name,) = [name for name, _ in loaded.model.named_buffers() if name.endswith("item_text_embeddings")]
+    save_file({**weights, name: torch.from_numpy(np.load(table))}, str(result.run_dir / "model.safetensors"))
+    table.unlink()
+    legacy = pipeline.load_run(result.run_dir)
+    np.testing.assert_array_equal(text_buffer(legacy.model).numpy(), text_buffer(loaded.model).numpy())
+    pd.testing.assert_frame_equal(legacy.recommend(events), lists)

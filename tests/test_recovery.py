@@ -17,7 +17,7 @@ import torch
 
 import pipeline
 from pipeline import cli
-from pipeline.encoding import EmbeddingCache, text_key
+from pipeline.embedding_cache import EmbeddingCache, text_key
 from pipeline.outputs import (
     NIGHT_FILES,
     RUN_FILES,
@@ -261,7 +261,7 @@ def test_recommend_refuses_an_unpublished_folder(id_config, tmp_path, capsys):
 
 
 def test_a_concurrent_merge_keeps_the_other_process_vectors(tmp_path, monkeypatch):
-    monkeypatch.setattr("pipeline.encoding.MAX_CACHE_SHARDS", 4)
+    monkeypatch.setattr("pipeline.embedding_cache.MAX_CACHE_SHARDS", 4)
     vectors = lambda n, seed: np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)  # noqa: E731
     keys = lambda prefix, n: [text_key(f"{prefix}{i}") for i in range(n)]  # noqa: E731
     seeding = EmbeddingCache(tmp_path, "id")
@@ -273,7 +273,9 @@ def test_a_concurrent_merge_keeps_the_other_process_vectors(tmp_path, monkeypatc
     first.add(keys("first-", 1), vectors(1, 8))  # merges: must not delete what it has not read
     reread = EmbeddingCache(tmp_path, "id")
     assert len(reread) == 3 * 2 + 5 + 1
-    assert np.allclose(reread.get(keys("other-", 5)[4]), vectors(5, 9)[4])
+    assert np.allclose(reread.vectors(keys("other-", 5)), vectors(5, 9))
+    assert np.allclose(reread.vectors(keys("s1-", 2)), vectors(2, 1))
+    assert len(list(tmp_path.glob("id/shard-*"))) == 2  # one merged shard: its keys and its vectors
 
 
 @pytest.mark.slow

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import logging
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +18,13 @@ import torch
 
 from pipeline import distributed
 from pipeline.config import DEFAULT_ENCODER, EncoderConfig
-from pipeline.errors import PipelineInputError, StorageError, clip
-from pipeline.storage import write_atomic
+from pipeline.embedding_cache import EmbeddingCache, text_key
+from pipeline.errors import PipelineInputError
 
 log = logging.getLogger("pipeline")
 
-# Shards are appended by each encoding call; past this many they are merged into one file on the next write.
-MAX_CACHE_SHARDS = 16
+# `encoder.table_dtype: auto` stores item tables of this many items or more in float16: 1M x 384 is 1.5 GB in fp32.
+FLOAT16_TABLES_FROM = 1_000_000
 
 
 def resolve_model_source(name: str) -> str:
@@ -109,86 +107,6 @@ def _files_digest(files: tuple[tuple[Path, int, int], ...]) -> str:
     return digest.hexdigest()
 
 
-def text_key(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest().encode("ascii")
-
-
-class EmbeddingCache:
-    """Append-only shards of (text hash -> float32 vector) under cache_dir/<encoder identity>/.
-
-    A shard is written once (through the atomic writer) and never changed, so readers need no lock. Past
-    `MAX_CACHE_SHARDS` shards, a writer merges: it re-reads every shard it is about to delete, so vectors another
-    process added meanwhile are kept. A damaged shard is skipped with a warning (its texts are encoded again); an
-    unwritable cache is a warning, and the run goes on with the vectors in memory.
-    """
-
-    def __init__(self, cache_dir: str | Path, identity: str):
-        self.folder = Path(cache_dir) / identity
-        self._vectors: dict[bytes, np.ndarray] = {}
-        self.width: int | None = None
-        self._read = self._absorb(sorted(self.folder.glob("shard-*.npz")))
-
-    def _absorb(self, shards: list[Path]) -> list[Path]:
-        """Load `shards` into memory; return those read or found damaged (a merge may delete them)."""
-        handled = []
-        for shard in shards:
-            try:
-                with np.load(shard, allow_pickle=False) as stored:
-                    keys, vectors = stored["keys"], stored["vectors"]
-                    if keys.ndim != 1 or vectors.ndim != 2 or len(keys) != len(vectors):
-                        raise ValueError(f"keys {keys.shape} and vectors {vectors.shape} do not match")
-            except FileNotFoundError:
-                continue  # merged and deleted by another process meanwhile: its vectors are in that merge
-            except Exception as err:  # a truncated or foreign file fails in zipfile, numpy or here
-                log.warning("embedding cache: ignoring damaged shard %s (%s); its texts are encoded again", shard, clip(str(err)))
-                handled.append(shard)
-                continue
-            if self.width is not None and vectors.shape[1] != self.width:
-                log.warning(
-                    "embedding cache: ignoring shard %s: vectors of width %d, the cache's are %d", shard, vectors.shape[1], self.width
-                )
-                continue
-            self.width = int(vectors.shape[1])
-            self._vectors.update(zip(keys.tolist(), vectors.astype(np.float32)))
-            handled.append(shard)
-        return handled
-
-    def __len__(self) -> int:
-        return len(self._vectors)
-
-    def get(self, key: bytes) -> np.ndarray | None:
-        return self._vectors.get(key)
-
-    def add(self, keys: list[bytes], vectors: np.ndarray, persist: bool = True) -> None:
-        if not keys:
-            return
-        self.width = int(vectors.shape[1])
-        self._vectors.update(zip(keys, vectors))
-        if not persist:
-            return
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            shards = sorted(self.folder.glob("shard-*.npz"))
-            if len(shards) < MAX_CACHE_SHARDS:
-                self._write_shard(keys, vectors)
-                return
-            merged = set(self._read) | set(self._absorb([shard for shard in shards if shard not in self._read]))
-            self._write_shard(list(self._vectors), np.stack(list(self._vectors.values())))
-            for shard in merged:
-                shard.unlink(missing_ok=True)
-            self._read = []
-        except (OSError, StorageError) as err:
-            log.warning(
-                "embedding cache %s not written (%s); continuing without caching: %d new vectors stay in memory only",
-                self.folder, clip(str(err), 200), len(keys),
-            )
-
-    def _write_shard(self, keys: list[bytes], vectors: np.ndarray) -> None:
-        buffer = io.BytesIO()
-        np.savez(buffer, keys=np.array(keys, dtype="S64"), vectors=vectors.astype(np.float32))
-        write_atomic(self.folder / f"shard-{uuid.uuid4().hex}.npz", buffer.getvalue())
-
-
 class TextEncoder:
     """Tokenizer + AutoModel with length-sorted dynamic-padding batches, mean or CLS pooling, L2 normalization."""
 
@@ -256,15 +174,15 @@ class EncodingStats:
         return dict(self.__dict__)
 
 
-def encode_texts(
-    texts: list[str], config: EncoderConfig, encoder: TextEncoder | None = None, progress: bool = False
-) -> tuple[np.ndarray, EncodingStats]:
-    """Embeddings for `texts` (row-aligned), encoding only the texts the cache does not hold."""
+def _encode_missing(
+    texts: list[str], config: EncoderConfig, encoder: TextEncoder | None, progress: bool
+) -> tuple[EmbeddingCache, list[bytes], EncodingStats]:
+    """The cache, each text's key, and the stats, after encoding the texts the cache does not hold."""
     identity = encoder_identity(config)
     cache = EmbeddingCache(config.cache_dir, identity)
     keys = [text_key(text) for text in texts]
     unique = dict(zip(keys, texts))
-    missing = [key for key in unique if cache.get(key) is None]
+    missing = cache.missing(list(unique))
     distributed.barrier()  # every rank has read the cache before any rank adds to it
     if missing:
         encoder = encoder or TextEncoder(config)
@@ -276,13 +194,31 @@ def encode_texts(
         cache.add(missing, np.stack(vectors), persist=distributed.is_main())
     stats = EncodingStats(len(texts), len(unique), len(missing), len(unique) - len(missing), identity)
     log.info("embeddings: %d unique texts, %d encoded, %d from cache", len(unique), len(missing), stats.from_cache)
-    return np.stack([cache.get(key) for key in keys]).astype(np.float32), stats
+    return cache, keys, stats
+
+
+def encode_texts(
+    texts: list[str], config: EncoderConfig, encoder: TextEncoder | None = None, progress: bool = False
+) -> tuple[np.ndarray, EncodingStats]:
+    """float32 embeddings for `texts` (row-aligned) in memory, encoding only the texts the cache does not hold."""
+    cache, keys, stats = _encode_missing(texts, config, encoder, progress)
+    return cache.vectors(keys), stats
+
+
+def table_dtype(config: EncoderConfig, n_items: int) -> str:
+    if config.table_dtype == "auto":
+        return "float16" if n_items >= FLOAT16_TABLES_FROM else "float32"
+    return config.table_dtype
 
 
 def encode_items(item_texts: list[str], config: EncoderConfig, progress: bool = False) -> tuple[np.ndarray, EncodingStats]:
-    """Item embeddings aligned with item indices; row 0 (padding) is all zero."""
-    vectors, stats = encode_texts(item_texts[1:], config, progress=progress)
-    return np.concatenate([np.zeros((1, vectors.shape[1]), dtype=np.float32), vectors]), stats
+    """The item table: embeddings aligned with item indices, row 0 (padding) all zero, in `encoder.table_dtype`,
+    memory-mapped from the cache (`EmbeddingCache.table`)."""
+    texts = item_texts[1:]
+    cache, keys, stats = _encode_missing(texts, config, None, progress)
+    if cache.width is None:  # an empty catalog: nothing was encoded, nothing tells the width
+        return np.zeros((1, 0), dtype=np.float32), stats
+    return cache.table(keys, table_dtype(config, len(texts))), stats
 
 
 def behavior_texts(histories: list[np.ndarray], item_texts: list[str], recent_items: int) -> list[str]:

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
@@ -31,6 +32,7 @@ from safetensors.torch import save as safetensors_bytes
 from pipeline import faults
 from pipeline.config import Config, load_config
 from pipeline.distributed import gather_rows
+from pipeline.embedding_cache import npy_writer
 from pipeline.encoding import resolve_device
 from pipeline.errors import PipelineInputError, clip
 from pipeline.storage import (
@@ -39,6 +41,7 @@ from pipeline.storage import (
     fsync_folder,
     fsync_tree,
     json_default,
+    link_or_copy,
     point,
     read_json_file,
     remove_temporaries,
@@ -59,8 +62,10 @@ RUN_TIME_PATTERN = r"-\d{8}T\d{12}Z"
 RUN_FILES = frozenset({
     "config.resolved.yaml", "inputs.json", "run.log", "model.safetensors", "catalog.json", "metrics.json",
     "history.jsonl", "recommendations.parquet", "manifest.json",
-})  # + recommendations.csv with output.write_csv, + EMBEDDING_FILES with output.embeddings
+})  # + recommendations.csv with output.write_csv, + EMBEDDING_FILES with output.embeddings, + ITEM_TABLE with text
 EMBEDDING_FILES = ("item_embeddings.parquet", "user_embeddings.parquet")
+# The item text table of a model that reads texts, kept beside (not inside) the weights.
+ITEM_TABLE = "item_text_vectors.npy"
 COMPARE_FILES = frozenset({
     "config.resolved.yaml", "inputs.json", "run.log", "metrics.json", "history.jsonl", "leaderboard.csv",
     "leaderboard.md", "manifest.json",
@@ -193,6 +198,14 @@ def read_run_config(run_dir: Path) -> Config:
 def save_model(model: torch.nn.Module, path: Path) -> Path:
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     return write_atomic(path, safetensors_bytes(tensors))
+
+
+def save_item_table(table: np.ndarray, path: Path) -> Path:
+    """A memory-mapped table (the embedding cache's file) as a hard link to it where possible, else its bytes."""
+    source = getattr(table, "filename", None)
+    if source is not None:
+        return link_or_copy(Path(source), path)
+    return write_atomic(path, npy_writer(table.shape, table.dtype, [table]))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

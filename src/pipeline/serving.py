@@ -22,10 +22,19 @@ from pipeline.data.features import ItemFeatures
 from pipeline.data.load import clean_ids, load_interactions, parse_timestamps, read_table
 from pipeline.data.prepared import ALL_EVENTS, TEST
 from pipeline.distributed import gather_rows
-from pipeline.errors import PipelineInputError, shorten
+from pipeline.embedding_cache import map_npy
+from pipeline.errors import PipelineInputError, clip, shorten
 from pipeline.models import Catalog, Recommender, build_model
 from pipeline.models.registry import empty_catalog
-from pipeline.outputs import load_model_state, read_run_config, resolve_run
+from pipeline.outputs import (
+    ITEM_TABLE,
+    RunDirectory,
+    load_model_state,
+    read_run_config,
+    resolve_run,
+    save_item_table,
+    save_model,
+)
 from pipeline.ranking import Ranker, Rankings
 from pipeline.retrieval import ListMaker, retrieval_vectors_of
 from pipeline.storage import read_json_file
@@ -44,6 +53,15 @@ def catalog_record(data: PreparedData, item_embeddings: np.ndarray | None) -> di
     }
 
 
+def save_trained(output: RunDirectory, model: torch.nn.Module, data: PreparedData, item_embeddings: np.ndarray | None) -> None:
+    """What `load_run` reads back: the weights, the catalog record, and the item text table of a model that reads
+    texts (the weights leave it out: `ItemRepresentation`)."""
+    save_model(model, output.file("model.safetensors"))
+    output.write_json("catalog.json", catalog_record(data, item_embeddings))
+    if item_embeddings is not None:
+        save_item_table(item_embeddings, output.file(ITEM_TABLE))
+
+
 @dataclass
 class StoredCatalog:
     item_ids: np.ndarray  # original id per item index (position 0: padding)
@@ -51,14 +69,27 @@ class StoredCatalog:
     text_embedding_width: int | None
     event_names: list[str]
     item_features: dict | None  # ItemFeatures.shape
+    text_table: Path | None = None  # ITEM_TABLE, where the run kept one
 
     def empty(self) -> Catalog:
-        """The stored model's catalog shape, to load its weights into (the buffers are overwritten)."""
+        """The stored model's catalog shape, to load its weights into (the saved buffers are overwritten), with the
+        run's item text table memory-mapped (runs written before it was kept have it in their weights)."""
         n_items = len(self.item_ids) - 1
         features = None if self.item_features is None else ItemFeatures.empty(n_items, **self.item_features)
-        return empty_catalog(
+        catalog = empty_catalog(
             n_items, len(self.category_names), self.text_embedding_width, features, tuple(self.event_names)
         )  # the asked-for event types are a buffer of the weights
+        if self.text_table is not None:
+            try:
+                catalog.item_text_embeddings = map_npy(self.text_table)
+            except (OSError, ValueError) as err:
+                raise PipelineInputError(f"{self.text_table}: damaged item text table: {clip(str(err))}") from None
+            if catalog.item_text_embeddings.shape != (n_items + 1, self.text_embedding_width):
+                raise PipelineInputError(
+                    f"{self.text_table}: {catalog.item_text_embeddings.shape} vectors, the catalog has {n_items} items "
+                    f"of width {self.text_embedding_width}"
+                )
+        return catalog
 
     @property
     def vocabulary(self) -> dict[str, list]:
@@ -74,6 +105,7 @@ def read_catalog(run_dir: Path) -> StoredCatalog:
             np.array([None, *record["item_ids"]], dtype=object), list(record["category_names"]), record["text_embedding_width"],
             # Runs written before event types and side features were read had neither.
             list(record.get("event_names", [])), record.get("item_features"),
+            run_dir / ITEM_TABLE if (run_dir / ITEM_TABLE).is_file() else None,
         )
     except (TypeError, KeyError) as err:
         raise PipelineInputError(f"{path}: not a run catalog (missing or mistyped {err})") from None

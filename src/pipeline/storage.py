@@ -14,7 +14,9 @@ import io
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import pandas as pd
 
@@ -56,17 +58,20 @@ def follow(link: Path) -> Path | None:
     return None
 
 
-def write_atomic(path: Path, content: bytes | str) -> Path:
+def write_atomic(path: Path, content: bytes | str | Callable[[BinaryIO], None]) -> Path:
     """The one writer: `content` into a temporary file beside `path`, fsynced, renamed over `path`.
 
+    `content` may be a function writing into the open file, for files larger than should be held in memory at once.
     On any failure (a kill aside) the temporary file is removed and `path` keeps its previous content; a full disk or
     an unwritable folder is a `StorageError` naming the path.
     """
-    payload = content.encode("utf-8") if isinstance(content, str) else content
     temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
         with temporary.open("wb") as handle:
-            handle.write(payload)
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content.encode("utf-8") if isinstance(content, str) else content)
             handle.flush()
             faults.reached(f"write:{path.name}")
             os.fsync(handle.fileno())
@@ -76,6 +81,27 @@ def write_atomic(path: Path, content: bytes | str) -> Path:
             temporary.unlink(missing_ok=True)
         except OSError:
             pass
+        if isinstance(err, OSError):
+            raise storage_error(path, err) from None
+        raise
+    return path
+
+
+def link_or_copy(source: Path, path: Path) -> Path:
+    """`source`'s content at `path`: a hard link where both lie on one file system (nothing copied: the files that
+    link are never rewritten in place, only replaced), else a copy through `write_atomic`."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.link{TEMPORARY_SUFFIX}")
+    try:
+        temporary.unlink(missing_ok=True)
+        os.link(source, temporary)
+    except OSError:
+        with source.open("rb") as stored:
+            return write_atomic(path, lambda handle: shutil.copyfileobj(stored, handle, 1 << 20))
+    try:
+        faults.reached(f"write:{path.name}")
+        os.replace(temporary, path)
+    except BaseException as err:
+        temporary.unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise storage_error(path, err) from None
         raise

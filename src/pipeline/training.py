@@ -135,7 +135,8 @@ def fit(
     local_batch = -(-config.batch_size // world)
     # Several processes (torchrun): DistributedDataParallel averages the gradients across ranks after each backward.
     trained = model if world == 1 else DistributedDataParallel(
-        model, device_ids=[device.index or 0] if device.type == "cuda" else None, find_unused_parameters=True
+        model, device_ids=[device.index or 0] if device.type == "cuda" else None, find_unused_parameters=True,
+        broadcast_buffers=False,  # the buffers (statistics, text table) are computed alike on every rank
     )
     # A sampled step in one process reads the item tables with sparse gradients and updates only those rows (under
     # DistributedDataParallel the gradients stay dense: its all-reduce is for dense tensors).

@@ -14,18 +14,25 @@ from pipeline.models.base import Catalog
 from pipeline.models.text_neighbours import TextNeighbours, text_neighbours
 from pipeline.schema import ModelSection
 
+# Rows of the text table projected at once (bounds the float32 temporaries of a float16 table).
+TEXT_ROWS_AT_ONCE = 262_144
+
 
 class ItemRepresentation(nn.Module):
     """[n_items + 1, width] item vectors: projected frozen text embedding, learnable id embedding, or their sum.
 
     Given the training item counts, items without training events borrow their id rows from their nearest trained
     items by text (`text_neighbours`), so a text model can rank items it never saw being chosen.
+
+    The text table is used as given (float32 or float16, memory-mapped from the embedding cache) and is not part of
+    the saved weights: the run directory keeps the table itself (`item_text_vectors.npy`), so a 10M-item catalogue's
+    vectors are neither copied into every checkpoint nor held twice in memory.
     """
 
     def __init__(self, item_text_embeddings: np.ndarray, width: int, uses: str, features: ItemFeatures | None = None):
         super().__init__()
         n_rows, text_width = item_text_embeddings.shape
-        self.register_buffer("item_text_embeddings", torch.as_tensor(item_text_embeddings, dtype=torch.float32))
+        self.register_buffer("item_text_embeddings", text_table_tensor(item_text_embeddings), persistent=False)
         self.text_projection = nn.Linear(text_width, width) if "text" in uses else None
         self.id_embedding = nn.Embedding(n_rows, width, padding_idx=0) if "id" in uses else None
         if self.id_embedding is not None:
@@ -44,6 +51,13 @@ class ItemRepresentation(nn.Module):
                     nn.init.normal_(embedding.weight, std=0.02)
         self._cached: tuple | None = None
         self._borrowing: tuple | None = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Weights saved before the table left them carry it: it is the table those weights were trained with.
+        stored = state_dict.pop(prefix + "item_text_embeddings", None)
+        if stored is not None and stored.shape == self.item_text_embeddings.shape:
+            self.item_text_embeddings = stored.to(self.item_text_embeddings.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, item_counts: torch.Tensor | None = None, id_dropout: float = 0.0) -> torch.Tensor:
         """With `id_dropout` (training), that share of the items, drawn afresh, has its id rows hidden."""
@@ -82,7 +96,12 @@ class ItemRepresentation(nn.Module):
 
         parts = []
         if self.text_projection is not None:
-            parts.append(self.text_projection(select(self.item_text_embeddings).float()))
+            texts = select(self.item_text_embeddings)
+            # In slices: a float16 table is widened to float32 a slice at a time, never as a whole.
+            parts.append(torch.cat([
+                self.text_projection(texts[start : start + TEXT_ROWS_AT_ONCE].float())
+                for start in range(0, len(texts), TEXT_ROWS_AT_ONCE)
+            ]))
         if self.id_embedding is not None:
             if sparse:
                 id_rows = nn.functional.embedding(items, self.id_embedding.weight, sparse=True)
@@ -103,6 +122,14 @@ class ItemRepresentation(nn.Module):
         padding = torch.ones_like(representation[:, :1])
         padding[0] = 0
         return representation * padding
+
+
+def text_table_tensor(table: np.ndarray) -> torch.Tensor:
+    """The item text table as a tensor sharing its memory (a memory-mapped table stays mapped); float16 stays float16."""
+    array = np.asarray(table)
+    if array.dtype not in (np.float16, np.float32):
+        array = array.astype(np.float32)
+    return torch.from_numpy(array) if array.flags.writeable else torch.tensor(array)
 
 
 def item_representation(config: ModelSection, catalog: Catalog) -> ItemRepresentation:

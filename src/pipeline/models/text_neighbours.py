@@ -44,11 +44,13 @@ def text_neighbours(item_text_embeddings: torch.Tensor, lenders: torch.Tensor, b
     if k == 0 or len(borrower_items) == 0:
         empty = torch.zeros(0, max(k, 1), device=device)
         return TextNeighbours(torch.zeros(0, dtype=torch.long, device=device), empty.long(), empty)
-    embeddings = torch.nn.functional.normalize(item_text_embeddings.float(), dim=1)
-    lender_embeddings = embeddings[lender_items]
+    def unit_rows(items: torch.Tensor) -> torch.Tensor:  # only these rows widened to float32, not the whole table
+        return torch.nn.functional.normalize(item_text_embeddings[items].float(), dim=1)
+
+    lender_embeddings = unit_rows(lender_items)
     neighbours, weights = [], []
     for start in range(0, len(borrower_items), CHUNK):
-        top = (embeddings[borrower_items[start : start + CHUNK]] @ lender_embeddings.T).topk(k, dim=1)
+        top = (unit_rows(borrower_items[start : start + CHUNK]) @ lender_embeddings.T).topk(k, dim=1)
         neighbours.append(lender_items[top.indices])
         weights.append(torch.softmax(top.values / TEMPERATURE, dim=1))
     return TextNeighbours(borrower_items, torch.cat(neighbours), torch.cat(weights))

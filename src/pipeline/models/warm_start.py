@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.models.items import text_table_tensor
 from pipeline.models.text_neighbours import text_neighbours
 
 log = logging.getLogger("pipeline")
@@ -67,8 +68,7 @@ def transplant(
                 if is_item_table and item_text_embeddings is not None and (~known).any():
                     lenders = torch.from_numpy(known.copy())
                     lenders[0] = False  # padding (always "known") lends nothing
-                    embeddings = torch.as_tensor(np.asarray(item_text_embeddings, dtype=np.float32))
-                    borrowing = text_neighbours(embeddings, lenders, borrowers=torch.from_numpy(~known))
+                    borrowing = text_neighbours(text_table_tensor(item_text_embeddings), lenders, borrowers=torch.from_numpy(~known))
                     parameter.copy_(borrowing.fill(parameter))
                     new_from_text = len(borrowing.borrowers)
             elif source.shape != parameter.shape:

@@ -16,10 +16,10 @@ from pipeline.data import TEST, VALID
 from pipeline.distributed import gather_rows
 from pipeline.errors import PipelineInputError
 from pipeline.models.registry import floor_configs
-from pipeline.outputs import CHECKPOINT, EMBEDDING_FILES, save_model
+from pipeline.outputs import CHECKPOINT, EMBEDDING_FILES
 from pipeline.recipes.context import RunContext
 from pipeline.retrieval import retrieval_vectors_of
-from pipeline.serving import catalog_record, embedding_tables, list_maker, recommendation_frame, serving_lists
+from pipeline.serving import embedding_tables, list_maker, recommendation_frame, save_trained, serving_lists
 from pipeline.storage import write_table
 from pipeline.training import StopRequest
 
@@ -91,8 +91,7 @@ def run(
                 if retrieval is not None:
                     metrics["retrieval"] = retrieval
         with context.stage("write"):
-            save_model(model, output.file("model.safetensors"))
-            output.write_json("catalog.json", catalog_record(data, item_embeddings))
+            save_trained(output, model, data, item_embeddings)
             output.write_json("metrics.json", metrics)
             output.write_jsonl("history.jsonl", history)
             write_table(recommendations, output.file("recommendations.parquet"))

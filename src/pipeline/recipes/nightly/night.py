@@ -36,7 +36,7 @@ from pipeline.encoding import encode_items, encoder_identity
 from pipeline.errors import PipelineInputError, StorageError, clip
 from pipeline.models import uses_text
 from pipeline.models.warm_start import ShapeChanged, transplant
-from pipeline.outputs import elapsed, read_run_config, read_weights, save_model, utc_now
+from pipeline.outputs import elapsed, read_run_config, read_weights, utc_now
 from pipeline.recipes.context import RunContext
 from pipeline.recipes.nightly.challenger import train_challenger, vocabulary
 from pipeline.recipes.nightly.lock import NightLock
@@ -51,7 +51,7 @@ from pipeline.recipes.nightly.records import (
     remove_old_nights,
     summary_markdown,
 )
-from pipeline.serving import catalog_record, read_catalog, serving_lists
+from pipeline.serving import read_catalog, save_trained, serving_lists
 from pipeline.storage import file_fingerprint, follow, point, write_json_atomic, write_table
 from pipeline.training import StopRequest
 
@@ -159,8 +159,7 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
             lists, retrieval = serving_lists(serving_model, data, config)
             write_table(lists, output.file("recommendations.parquet"))
             write_table(profiles, output.file("profiles.parquet"))
-            save_model(challenger, output.file("model.safetensors"))
-            output.write_json("catalog.json", catalog_record(data, item_embeddings))
+            save_trained(output, challenger, data, item_embeddings)
             output.write_json("metrics.json", {
                 "protocol": protocol(data, config),
                 "splits": {
