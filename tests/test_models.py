@@ -282,3 +282,44 @@ def test_future_loss_is_the_cross_entropy_of_the_items_after_the_next():
     assert len(later) == 4 and float(parts["future"]) == pytest.approx(sum(later) / len(later), rel=1e-5)
     next_only = build_model(model_section(name="gru", hidden_size=8, max_length=4), catalog)
     assert "future" not in next_only(inputs, targets, None)
+
+
+def test_id_tables_hold_trained_items_only_and_a_warm_start_maps_their_rows_by_item_id():
+    from pipeline.config_models import model_section
+    from pipeline.models.text_neighbours import text_neighbours
+    from pipeline.models.warm_start import transplant
+
+    config = model_section(name="transformer", item_representation="text+id", hidden_size=8, num_layers=1, num_heads=1)
+    rng = np.random.default_rng(0)
+    texts = rng.normal(size=(7, 6)).astype(np.float32)
+    texts[0] = 0
+    texts[6] = texts[2] + 0.01  # item "g" reads like item "c"
+
+    def fitted(n_items: int, counts: list[float]) -> torch.nn.Module:
+        model = build_model(config, Catalog(n_items, np.ones((n_items + 1, 1), dtype=np.float32), texts[: n_items + 1]))
+        model.statistics.item_counts.copy_(torch.tensor(counts))
+        model.items.keep_trained_rows(model.statistics.item_counts)
+        return model
+
+    # Last night: items a..e, of which b was never trained.
+    champion = fitted(5, [0, 3, 0, 2, 1, 4])
+    assert champion.items.id_embedding.weight.shape == (5, 8)  # padding + 4 trained items
+    assert champion.items.id_rows.tolist() == [0, 1, 0, 2, 3, 4]
+    per_item = champion.items.id_table().detach()
+    assert not per_item[2].any()  # an untrained item reads the padding row
+    # Tonight: a..f plus g, b and g trained now, e untrained; its vocabulary adds f and g after e.
+    tonight = fitted(6, [0, 1, 1, 1, 1, 0, 5])
+    report = transplant(
+        tonight, champion.state_dict(), {"items": [None, *"abcde"], "categories": ["x"]},
+        {"items": [None, *"abcdeg"], "categories": ["x"]}, texts[:7],
+    )
+    rows = tonight.items.id_table().detach()
+    for item in (1, 3, 4):  # trained on both nights: the champion's rows
+        assert torch.equal(rows[item], per_item[item])
+    assert report.known_items == 5 and report.new_items == 1
+    assert report.new_items_from_text == 2  # b (untrained last night) and g borrow from text neighbours
+    lenders = torch.tensor([False, True, False, True, True, True, False])  # trained last night, known tonight
+    borrowing = text_neighbours(torch.from_numpy(texts), lenders, torch.tensor([False, False, True] + [False] * 3 + [True]))
+    expected = (borrowing.weights.unsqueeze(-1) * per_item[borrowing.neighbours]).sum(1)
+    assert torch.allclose(rows[torch.tensor([2, 6])], expected, atol=1e-6)
+    assert not rows[5].any()  # e: no training events tonight, no row

@@ -66,7 +66,9 @@ def test_three_nights_then_a_degraded_challenger(night_config):
     assert 0 < windows["new_windows"] < windows["windows"]
     assert windows["replayed_windows"] == round(0.1 * (windows["windows"] - windows["new_windows"]))
     warm = second.summary["training"]["warm_start"]
-    assert warm["new_items"] == warm["new_items_from_text"] == items_night2 - items_night1
+    assert warm["new_items"] == items_night2 - items_night1
+    # The new items with training events tonight (they have id rows) start from their text neighbours' rows.
+    assert 0.9 * warm["new_items"] < warm["new_items_from_text"] <= warm["new_items"]
     decision = second.summary["decision"]
     assert decision["champion"] is not None and decision["window"] == "gate"
     assert "- **Deciding window**: gate, the validation events of half the users" in (second.night_dir / "summary.md").read_text()

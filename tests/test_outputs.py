@@ -115,6 +115,10 @@ def test_the_item_text_table_is_kept_beside_the_weights_and_mapped_back(tiny_con
     lists = loaded.recommend(events)
     # Weights written before the table was kept beside them carry it: they load the same.
     (name,) = [name for name, _ in loaded.model.named_buffers() if name.endswith("item_text_embeddings")]
+    # ... and an id table with one row per item.
+    (ids,) = [name for name in weights if name.endswith("id_embedding.weight")]
+    id_rows = weights.pop(ids.replace("id_embedding.weight", "id_rows"))
+    weights[ids] = weights[ids][id_rows]
     save_file({**weights, name: torch.from_numpy(np.load(table))}, str(result.run_dir / "model.safetensors"))
     table.unlink()
     legacy = pipeline.load_run(result.run_dir)

@@ -34,6 +34,7 @@ class TargetAttentionConfig(ItemSequenceSection):
 class TargetAttention(ScoringModel):
     config_class = TargetAttentionConfig
     item_row_parameters = ("items.id_embedding.weight", "item_bias")
+    item_row_index = {"items.id_embedding.weight": "items.id_rows"}
     fits_on_rank_shards = True
 
     def __init__(self, config: TargetAttentionConfig, catalog: Catalog, seed: int = 0):
@@ -54,6 +55,7 @@ class TargetAttention(ScoringModel):
 
     def fit_statistics(self, train: TrainView) -> None:
         super().fit_statistics(train)
+        self.items.keep_trained_rows(self.statistics.item_counts)
         with torch.no_grad():
             self.item_bias.copy_(log_popularity(self.statistics.item_counts))
 

@@ -157,6 +157,9 @@ class Recommender(torch.nn.Module):
     # Parameters with one row per catalog item / per category: a warm start maps them row by row through ids.
     item_row_parameters: ClassVar[tuple[str, ...]] = ()
     category_row_parameters: ClassVar[tuple[str, ...]] = ()
+    # Of those, the ones with rows only for some items (those with training events), and the buffer giving each
+    # item's row (0: none, the padding row).
+    item_row_index: ClassVar[dict[str, str]] = {}
     # Buffers whose size depends on the training data; loading a checkpoint takes the stored size.
     resizable_buffers: ClassVar[tuple[str, ...]] = ()
     # Whether the model reads the catalog's text embeddings whatever its config says (see `uses_text`).

@@ -39,6 +39,8 @@ class ItemRepresentation(nn.Module):
             nn.init.normal_(self.id_embedding.weight, std=0.02)
             with torch.no_grad():
                 self.id_embedding.weight[0].zero_()
+            # Each item's row of the id table: every item's until `keep_trained_rows`, then only trained items'.
+            self.register_buffer("id_rows", torch.arange(n_rows))
         self.numeric_projection = self.label_embeddings = None
         if features is not None:
             if features.numeric.shape[1]:
@@ -52,12 +54,36 @@ class ItemRepresentation(nn.Module):
         self._cached: tuple | None = None
         self._borrowing: tuple | None = None
 
+    def keep_trained_rows(self, item_counts: torch.Tensor) -> None:
+        """Size the id table to the items with training events (and the padding row): no step ever reaches another
+        item's row, which would only hold its initialisation, optimizer state and checkpoint space. Untrained items
+        read the padding row, or borrow their trained text neighbours' rows (`untrained_borrowing`)."""
+        if self.id_embedding is None:
+            return
+        kept = torch.nonzero(item_counts[1:] > 0).flatten() + 1
+        with torch.no_grad():
+            table = self.id_embedding.weight[self.id_rows[torch.cat([kept.new_zeros(1), kept])]]
+            self.id_rows.zero_()
+            self.id_rows[kept] = torch.arange(1, len(kept) + 1, device=kept.device)
+        self.id_embedding = nn.Embedding.from_pretrained(table.clone(), freeze=False, padding_idx=0)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Weights saved before the table left them carry it: it is the table those weights were trained with.
         stored = state_dict.pop(prefix + "item_text_embeddings", None)
         if stored is not None and stored.shape == self.item_text_embeddings.shape:
             self.item_text_embeddings = stored.to(self.item_text_embeddings.dtype)
+        # An id table sized to the items its run trained (weights saved before that have one row per item).
+        # Replaced only when its shape differs: an optimizer may hold the parameter (a resumed run).
+        weight = state_dict.get(prefix + "id_embedding.weight")
+        if self.id_embedding is not None and weight is not None:
+            if weight.shape != self.id_embedding.weight.shape:
+                self.id_embedding = nn.Embedding(*weight.shape, padding_idx=0)
+            state_dict.setdefault(prefix + "id_rows", torch.arange(len(weight)))  # one row per item
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def id_table(self) -> torch.Tensor:
+        """[n_items + 1, width] the id rows by item index (untrained items: the padding row)."""
+        return self.id_embedding.weight[self.id_rows]
 
     def forward(self, item_counts: torch.Tensor | None = None, id_dropout: float = 0.0) -> torch.Tensor:
         """With `id_dropout` (training), that share of the items, drawn afresh, has its id rows hidden."""
@@ -104,9 +130,9 @@ class ItemRepresentation(nn.Module):
             ]))
         if self.id_embedding is not None:
             if sparse:
-                id_rows = nn.functional.embedding(items, self.id_embedding.weight, sparse=True)
+                id_rows = nn.functional.embedding(self.id_rows[items], self.id_embedding.weight, sparse=True)
             else:
-                id_rows = select(self.id_embedding.weight if borrowing is None else borrowing.fill(self.id_embedding.weight))
+                id_rows = select(self.id_table() if borrowing is None else borrowing.fill(self.id_table()))
             if id_dropout and self.text_projection is not None:
                 kept = torch.rand(len(id_rows), 1, device=id_rows.device) >= id_dropout
                 id_rows = id_rows * kept

@@ -135,6 +135,7 @@ class SequenceRecommender(Recommender):
     """The shared body of the sequence models; each subclass brings its backbone (`build_backbone`)."""
 
     item_row_parameters = ("items.id_embedding.weight", "item_bias")
+    item_row_index = {"items.id_embedding.weight": "items.id_rows"}
     softmax_over_items = True
     fits_on_rank_shards = True
     category_row_parameters = ("category_head.weight", "category_head.bias")
@@ -167,6 +168,7 @@ class SequenceRecommender(Recommender):
 
     def fit_statistics(self, train: TrainView) -> None:
         super().fit_statistics(train)
+        self.items.keep_trained_rows(self.statistics.item_counts)
         # Start the item bias at log-popularity: the first epoch already ranks like the popularity floor, and the
         # sequence signal is learned on top instead of first relearning how popular each item is.
         with torch.no_grad():

@@ -53,6 +53,7 @@ def transplant(
     row_maps.update({name: category_rows for name in model.category_row_parameters})
     known_items = item_rows >= 0
     new_from_text = 0
+    buffers = dict(model.named_buffers())
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name not in stored:
@@ -62,15 +63,29 @@ def transplant(
                 if source.shape[1:] != parameter.shape[1:]:
                     raise ShapeChanged(f"{name}: stored {tuple(source.shape)}, model {tuple(parameter.shape)}")
                 source_rows = row_maps[name]
+                index = model.item_row_index.get(name)
+                if index is not None:
+                    # Rows of the trained items only, on both sides: work on one row per item, write back the
+                    # model's rows. An item the stored model did not train is new to it.
+                    stored_index = stored.get(index, torch.arange(len(source))).numpy()
+                    source = source[stored_index]
+                    source_rows = np.where(stored_index[source_rows.clip(min=0)] > 0, source_rows, -1)
+                    source_rows[0] = 0
+                target = parameter[buffers[index]] if index is not None else parameter
                 known = source_rows >= 0
-                parameter[torch.from_numpy(np.flatnonzero(known))] = source[torch.from_numpy(source_rows[known])].to(parameter)
-                is_item_table = source_rows is item_rows and parameter.dim() == 2
-                if is_item_table and item_text_embeddings is not None and (~known).any():
+                target[torch.from_numpy(np.flatnonzero(known))] = source[torch.from_numpy(source_rows[known])].to(target)
+                is_item_table = row_maps[name] is item_rows and parameter.dim() == 2
+                # New items borrow (those with a row: with an index, the trained ones).
+                borrowers = ~known if index is None else ~known & (buffers[index].numpy() > 0)
+                if is_item_table and item_text_embeddings is not None and borrowers.any():
                     lenders = torch.from_numpy(known.copy())
                     lenders[0] = False  # padding (always "known") lends nothing
-                    borrowing = text_neighbours(text_table_tensor(item_text_embeddings), lenders, borrowers=torch.from_numpy(~known))
-                    parameter.copy_(borrowing.fill(parameter))
+                    borrowing = text_neighbours(text_table_tensor(item_text_embeddings), lenders, torch.from_numpy(borrowers))
+                    target.copy_(borrowing.fill(target))
                     new_from_text = len(borrowing.borrowers)
+                if index is not None:
+                    rows = buffers[index]
+                    parameter[rows[rows > 0]] = target[rows > 0]
             elif source.shape != parameter.shape:
                 raise ShapeChanged(f"{name}: stored {tuple(source.shape)}, model {tuple(parameter.shape)}")
             else:
