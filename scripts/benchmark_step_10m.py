@@ -47,18 +47,26 @@ def rss_gib() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / GIB
 
 
-def stage(name: str) -> tuple[str, float, float]:
-    return name, rss_gib(), peak_rss_gib()
+def file_rss_gib() -> float:
+    """Of the resident set, the file-backed pages (the memory-mapped text table): clean pages the kernel may drop."""
+    with open("/proc/self/status") as handle:
+        fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    return int(fields["RssFile"].split()[0]) / 1024**2
 
 
-def model_tables_gib(items: int, width: int, categories: int, text_width: int = 0) -> dict[str, float]:
-    """The memory model: what the model holds per catalog item (fp32), and what the optimizer adds."""
-    rows = items + 1
+def stage(name: str) -> tuple[str, float, float, float]:
+    return name, rss_gib(), file_rss_gib(), peak_rss_gib()
+
+
+def model_tables_gib(items: int, trained: int, width: int, categories: int, text_width: int = 0) -> dict[str, float]:
+    """The memory model: what the model holds per catalog item and per trained item (fp32), and what the optimizer
+    adds."""
+    rows, trained_rows = items + 1, trained + 1
     text = {"text vectors in float16 (file-backed pages, read where used)": rows * text_width * 2 / GIB} if text_width else {}
     return {**text,
-        "id embedding": rows * width * 4 / GIB,
-        "lazy Adam moments of the id embedding and item bias (2 each)": 2 * rows * (width + 1) * 4 / GIB,
-        "item bias, statistics (counts, rating means, recommendable)": rows * (4 + 4 + 4 + 1) / GIB,
+        "id embedding (rows of the trained items)": trained_rows * width * 4 / GIB,
+        "lazy Adam moments: id rows of the trained items, item bias of all (2 each)": 2 * (trained_rows * width + rows) * 4 / GIB,
+        "item bias, statistics (counts, rating means, recommendable), id row index": rows * (4 + 4 + 4 + 1 + 8) / GIB,
         "category weights [items, categories]": rows * categories * 4 / GIB,
         "negative sampler (counts, 2 probabilities in float64)": rows * 3 * 8 / GIB,
     }
@@ -138,11 +146,11 @@ def main() -> None:
         categories = data.category_matrix().shape[1]
 
     print(f"{args.items:,} items ({trained:,} trained), {args.events:,} events, {args.threads} threads, CPU: {cpu_name()}")
-    print(f"  {'after':<40} {'RSS GiB':>8} {'peak GiB':>9}")
-    for name, rss, peak in stages:
-        print(f"  {name:<40} {rss:8.2f} {peak:9.2f}")
+    print(f"  {'after':<50} {'RSS GiB':>8} {'of it file-backed':>18} {'peak GiB':>9}")
+    for name, rss, file_backed, peak in stages:
+        print(f"  {name:<50} {rss:8.2f} {file_backed:18.2f} {peak:9.2f}")
     print(f"one step: {seconds:.2f} s (its lazy Adam moments allocated in it), loss {float(loss.detach()):.3f}")
-    model_tables = model_tables_gib(args.items, 64, categories, args.text_width)
+    model_tables = model_tables_gib(args.items, trained, 64, categories, args.text_width)
     print("memory model of the model's own tables:")
     for name, gib in model_tables.items():
         print(f"  {name:<66} {gib:6.2f} GiB")
