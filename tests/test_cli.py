@@ -133,3 +133,34 @@ def test_quiet_silences_info_on_the_console_and_run_log_keeps_it(tiny_config, tm
     assert " INFO finished in " in run_log
     assert cli.main(["run", str(path)]) == 0
     assert " INFO finished in " in capsys.readouterr().err
+
+
+def test_the_console_script_is_pipeline_and_the_package_is_typed():
+    from importlib import metadata
+    from pathlib import Path
+
+    import pipeline
+
+    scripts = {entry.name: entry.value for entry in metadata.entry_points(group="console_scripts")}
+    assert scripts["pipeline"] == "pipeline.cli:main"
+    result = subprocess.run([str(Path(sys.executable).with_name("pipeline")), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("usage: pipeline ")
+    assert cli("--help").stdout.startswith("usage: python -m pipeline ")
+    assert (Path(pipeline.__file__).parent / "py.typed").is_file()
+
+
+@pytest.mark.slow
+def test_progress_bars_have_totals_when_asked_and_stay_off_otherwise(finished_run, tmp_path):
+    import re
+
+    _, config, quiet = finished_run
+    bar_drawn = re.compile(r"\d+%\|")
+    assert not bar_drawn.search(quiet.stderr)  # stderr is not a terminal
+    cache = tmp_path / "fresh-cache"  # nothing cached: the encoder runs
+    shown = cli("run", config, "--progress", "--set", "train.epochs=1", "--set", f"encoder.cache_dir={cache}")
+    assert shown.returncode == 0, shown.stderr
+    # Bars with totals ("5/7"), not counts alone ("5batch"): tqdm clears a finished bar, so look at any state.
+    assert re.search(r"epoch 1: +\d+%\|[^|]*\| \d+/\d+ ", shown.stderr), shown.stderr[-2000:]
+    assert re.search(r"encode 2,139 texts: +\d+%\|[^|]*\| \d+/17 ", shown.stderr)  # 2,139 texts in batches of 128
+    silenced = cli("run", config, "--no-progress", "--set", "train.epochs=1")
+    assert silenced.returncode == 0 and not bar_drawn.search(silenced.stderr)

@@ -42,6 +42,58 @@ def nights(root):
     return sorted(path.name for path in folder.iterdir() if not path.name.startswith(".") and path.name != "latest")
 
 
+def assert_served_lists_measured(served: dict, last_night, data_folder, watermark_iso: str) -> None:
+    """The served numbers, recomputed from the files: last night's lists and the log's events after its newest."""
+    lists = pd.read_parquet(last_night / "recommendations.parquet").astype({"user_id": str, "item_id": str})
+    ratings = pd.read_csv(data_folder / "ratings.csv").astype({"userId": str, "movieId": str})
+    watermark = pd.Timestamp(watermark_iso).timestamp()
+    new = ratings[(ratings["timestamp"] > watermark) & ratings["userId"].isin(set(lists["user_id"]))]
+    hits = lists.merge(new, left_on=["user_id", "item_id"], right_on=["userId", "movieId"])["user_id"].nunique()
+    assert served["night"] == last_night.name and served["k"] == 5
+    assert served["users_served"] == new["userId"].nunique() > 0
+    assert served["hit_rate"] == pytest.approx(hits / new["userId"].nunique())
+    catalog = len(json.loads((last_night / "catalog.json").read_text())["item_ids"])
+    assert served["coverage"] == pytest.approx(lists["item_id"].nunique() / catalog)
+    # The popularity floor's lists (hand-checked in test_served_hit_rate_against_hand_computed_lists).
+    assert 0 <= served["popularity_hit_rate"] <= 1
+    assert 0 < served["popularity_coverage"] * catalog <= 5 * served["users_served"]
+
+
+def test_served_hit_rate_against_hand_computed_lists(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.data import load_data, prepare
+    from pipeline.recipes.nightly.feedback import served_feedback
+
+    # Before the watermark (150): a by all three, b by u1 and u2, c by u3; after it: u1 c, u2 d, u3 e.
+    events = [("u1", "a", 100), ("u1", "b", 101), ("u2", "a", 102), ("u2", "b", 103), ("u3", "a", 104),
+              ("u3", "c", 105), ("u1", "c", 200), ("u2", "d", 201), ("u3", "e", 202), ("u1", "a", 90)]
+    pd.DataFrame(events, columns=["user", "item", "time"]).to_csv(tmp_path / "log.csv", index=False)
+    pd.DataFrame({"id": list("abcde"), "title": list("ABCDE"), "genre": ["x"] * 5}).to_csv(tmp_path / "items.csv", index=False)
+    config = load_config({"data": {
+        "interactions": {"path": str(tmp_path / "log.csv"), "columns": {"user": "user", "item": "item", "timestamp": "time"}},
+        "items": {"path": str(tmp_path / "items.csv"), "columns": {"id": "id", "category": "genre"}},
+    }})
+    data = prepare(load_data(config.data), config.data)
+    last_night = tmp_path / "night"
+    last_night.mkdir()
+    served = {"u1": ["c", "d"], "u2": ["d", "e"], "u3": ["b", "d"], "u4": ["a", "b"]}  # u4: no new events
+    pd.DataFrame([(user, rank, item) for user, items in served.items() for rank, item in enumerate(items, 1)],
+                 columns=["user_id", "rank", "item_id"]).to_parquet(last_night / "recommendations.parquet")
+    (last_night / "metrics.json").write_text(json.dumps({"protocol": {"exclude_seen": True, "n_items": 5}}))
+    result = served_feedback(last_night, data, watermark=150)
+    # Served: u1 (c) and u2 (d) hit, u3 (e) misses. Popularity before 150, each user's own items left out, is
+    # u1 [c], u2 [c], u3 [b]: only u1 hits. Coverage: every served list counts (u4's too), {a, ..., e} of 5 items;
+    # the popularity lists of the users measured, {b, c}.
+    assert result == {
+        "night": "night", "k": 2, "users_with_new_events": 3, "users_served": 3,
+        "hit_rate": pytest.approx(2 / 3), "coverage": pytest.approx(1.0),
+        "popularity_hit_rate": pytest.approx(1 / 3), "popularity_coverage": pytest.approx(0.4),
+    }
+    assert served_feedback(None, data, watermark=None) is None  # the first night
+    (last_night / "recommendations.parquet").write_bytes(b"not parquet")
+    assert served_feedback(last_night, data, watermark=150) is None  # unreadable lists: a warning, no numbers
+
+
 @pytest.mark.slow
 def test_three_nights_then_a_degraded_challenger(night_config):
     root, config = night_config
@@ -55,8 +107,10 @@ def test_three_nights_then_a_degraded_challenger(night_config):
     assert (nightly_root / "champion").resolve() == first.night_dir
     assert {"summary.md", "profiles.parquet", "model.safetensors", "metrics.json", "run.log"} <= {p.name for p in first.night_dir.iterdir()}
 
+    assert first.summary["served"] is None  # no lists served before the first night
     items_night2 = write_log_until(root / "data", 0.85)
     second = nightly(config)
+    assert_served_lists_measured(second.summary["served"], first.night_dir, root / "data", first.summary["data"]["newest_event"])
     assert second.summary["training"]["mode"] == "warm"
     assert second.summary["data"]["new_items"] == items_night2 - items_night1 > 0
     assert second.summary["data"]["new_events"] > 0
@@ -92,8 +146,12 @@ def test_three_nights_then_a_degraded_challenger(night_config):
     assert degraded.summary["decision"]["challenger"] < degraded.summary["decision"]["champion"]
     assert (nightly_root / "champion").resolve() == champion_before
 
+    assert_served_lists_measured(degraded.summary["served"], second.night_dir, root / "data", second.summary["data"]["newest_event"])
+    assert "- **Served lists**: night " in (degraded.night_dir / "summary.md").read_text()
     history = pd.read_csv(nightly_root / "history.csv")
     assert list(history["status"]) == ["promoted", second.status, "nothing_new", "kept_champion"]
+    assert history["served_hit_rate"].isna().tolist() == [True, False, True, False]
+    assert history["served_hit_rate"].iloc[3] == degraded.summary["served"]["hit_rate"]
     assert history["new_events"].iloc[[0, 1, 3]].gt(0).all()
     # Retention: the last 2 nights plus every promoted one.
     state = json.loads((nightly_root / "state.json").read_text())

@@ -14,9 +14,15 @@ from pipeline.errors import PipelineInputError, StorageError
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+def program_name() -> str:
+    """`pipeline` (the console script), or `python -m pipeline` when started as a module (or from a test)."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name in ("pipeline", "interest-pipeline") else "python -m pipeline"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline",
+        prog=program_name(),
         description="Learn user interests from behavior logs and recommend what comes next.",
         epilog="Exit codes: 0 success, 1 unexpected failure, 2 bad input (config or data), 130 interrupted; "
         "nightly also 3 (champion kept) and 4 (another night running).",
@@ -33,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", parents=[common, overrides], help="train, evaluate and write a run directory")
     run.add_argument("config", type=Path, help="YAML config file")
-    run.add_argument("--progress", action="store_true", help="progress bars even when stderr is not a terminal")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars (default: on a terminal, not under CI)")
     run.add_argument(
         "--resume", metavar="PARTIAL_DIR|auto",
         help="continue a stopped or killed run from its last epoch checkpoint (its .partial folder, or auto: the newest)",
@@ -43,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", parents=[common, overrides], help="train every model of compare.models on one split; write a leaderboard"
     )
     compare.add_argument("config", type=Path, help="YAML config file with a compare section")
-    compare.add_argument("--progress", action="store_true", help="progress bars even when stderr is not a terminal")
+    compare.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars (default: on a terminal, not under CI)")
 
     nightly = commands.add_parser(
         "nightly", parents=[common, overrides],
@@ -52,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "lock, 2 bad input, 1 failure.",
     )
     nightly.add_argument("config", type=Path, help="YAML config file (section `nightly`)")
-    nightly.add_argument("--progress", action="store_true", help="progress bars even when stderr is not a terminal")
+    nightly.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars (default: on a terminal, not under CI)")
 
     validate = commands.add_parser("validate", parents=[common, overrides], help="check config and data, write nothing")
     validate.add_argument("config", type=Path, help="YAML config file")
@@ -132,7 +141,7 @@ def _stop_on_signals(stop) -> dict:
 def _run(args) -> int:
     from pipeline.recipes.run import run
 
-    result = run(args.config, args.overrides, progress=args.progress or None, resume=args.resume, stop=args.stop)
+    result = run(args.config, args.overrides, progress=args.progress, resume=args.resume, stop=args.stop)
     if result.run_dir is None:  # a rank other than 0 under torchrun: rank 0 reports
         return EXIT_OK
     test = result.metrics["splits"]["test"]
@@ -149,7 +158,7 @@ def _run(args) -> int:
 def _nightly(args) -> int:
     from pipeline.recipes.nightly import nightly
 
-    result = nightly(args.config, args.overrides, progress=args.progress or None, stop=args.stop)
+    result = nightly(args.config, args.overrides, progress=args.progress, stop=args.stop)
     if result.night_dir is None:
         print(result.summary["message"])
     else:
@@ -161,7 +170,7 @@ def _nightly(args) -> int:
 def _compare(args) -> int:
     from pipeline.recipes.compare import compare
 
-    result = compare(args.config, args.overrides, progress=args.progress or None)
+    result = compare(args.config, args.overrides, progress=args.progress)
     print((result.run_dir / "leaderboard.md").read_text(encoding="utf-8"))
     print(result.run_dir)
     return EXIT_OK

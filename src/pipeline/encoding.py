@@ -20,6 +20,7 @@ from pipeline import distributed
 from pipeline.config import DEFAULT_ENCODER, EncoderConfig
 from pipeline.embedding_cache import EmbeddingCache, text_key
 from pipeline.errors import PipelineInputError
+from pipeline.progress import bar
 
 log = logging.getLogger("pipeline")
 
@@ -134,8 +135,6 @@ class TextEncoder:
 
     @torch.inference_mode()
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        from tqdm.auto import tqdm
-
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         token_ids = self.tokenizer(
@@ -145,7 +144,7 @@ class TextEncoder:
         output = np.zeros((len(texts), self.dimension), dtype=np.float32)
         batch_size = self.config.batch_size
         starts = range(0, len(texts), batch_size)
-        for start in tqdm(starts, desc="encode", disable=not progress, unit="batch"):
+        for start in bar(starts, progress, f"encode {len(texts):,} texts"):
             rows = order[start : start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [token_ids[i] for i in rows]}, return_tensors="pt")
             batch = {name: tensor.to(self.device) for name, tensor in batch.items()}

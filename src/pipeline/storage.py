@@ -38,14 +38,7 @@ def point(link: Path, target: Path) -> None:
     except OSError:
         write_atomic(link, relative + "\n")  # no symlinks here: the pointer is a file, written like any other
         return
-    try:
-        faults.reached(f"write:{link.name}")
-        os.replace(temporary, link)
-    except BaseException as err:
-        temporary.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise storage_error(link, err) from None
-        raise
+    _rename_into(temporary, link)
     fsync_folder(link.parent)
 
 
@@ -97,6 +90,12 @@ def link_or_copy(source: Path, path: Path) -> Path:
     except OSError:
         with source.open("rb") as stored:
             return write_atomic(path, lambda handle: shutil.copyfileobj(stored, handle, 1 << 20))
+    _rename_into(temporary, path)
+    return path
+
+
+def _rename_into(temporary: Path, path: Path) -> None:
+    """A link made beside `path` renamed over it (a fault-injection step, `write:<name>`); on failure it is removed."""
     try:
         faults.reached(f"write:{path.name}")
         os.replace(temporary, path)
@@ -105,7 +104,6 @@ def link_or_copy(source: Path, path: Path) -> Path:
         if isinstance(err, OSError):
             raise storage_error(path, err) from None
         raise
-    return path
 
 
 def storage_error(path: Path, err: OSError) -> StorageError:

@@ -12,7 +12,6 @@ import copy
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pipeline.encoding import resolve_device
 from pipeline.errors import PipelineInputError
 from pipeline.evaluation import Validator
 from pipeline.models.sampled import NegativeSampler
+from pipeline.progress import bar, show_progress
 from pipeline.ranking import NonFiniteScores
 from pipeline.windows import TrainingWindows, rank_window_batches, training_windows, window_batches
 
@@ -153,7 +153,7 @@ def fit(
     loss_weights = model.loss_weights()
     selection_metric = validator.selection_metric
     order_rng = np.random.default_rng(seed)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = show_progress(progress)
 
     state = LoopState()
     if checkpoint is not None and checkpoint.exists():
@@ -180,7 +180,8 @@ def fit(
                 batches = window_batches(windows, config.batch_size, order_rng, device, distributed.rank(), world, rows)
             if sampler is not None:  # seeded per epoch, so a resumed run draws what an uninterrupted one would
                 sampler.generator.manual_seed(seed * 1_000_003 + epoch * 7_919 + distributed.rank())
-            for batch in _progress(batches, show and distributed.is_main(), f"epoch {epoch}"):
+            steps_total = steps if train.rank_local else -(-epoch_size // config.batch_size)
+            for batch in bar(batches, show and distributed.is_main(), f"epoch {epoch}", steps_total):
                 if stop is not None and stop.reason:
                     raise TrainingStopped(epoch - 1)
                 inputs, targets = batch[0], batch[1]
@@ -380,9 +381,3 @@ class WeightAverage:
         self.steps = stored["steps"]
         for average, value in zip(self.averages, stored["averages"]):
             average.copy_(value)
-
-
-def _progress(iterable, show: bool, description: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=description, disable=not show, leave=False, unit="batch")

@@ -16,6 +16,7 @@ from pipeline.errors import PipelineInputError
 from pipeline.models.fusion import ScoreFusion
 from pipeline.models.registry import floor_configs
 from pipeline.outputs import LATEST_COMPARE, elapsed, markdown_table
+from pipeline.progress import show_progress
 from pipeline.recipes.context import RunContext
 from pipeline.storage import write_table
 
@@ -46,7 +47,7 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
         floors = floor_configs(seen_items_listed=not metrics["protocol"]["exclude_seen"])
         model_configs = {**{floor.name: floor for floor in floors if floor.name not in compared}, **model_configs}
         with context.stage("encode"):
-            item_embeddings, encoding_stats = encode(data, config, list(model_configs.values()), progress=bool(progress))
+            item_embeddings, encoding_stats = encode(data, config, list(model_configs.values()), progress=show_progress(progress))
         rows, histories, trained = [], [], {}
         blends = {"fusion(" + "+".join(blend) + ")": blend for blend in config.compare.fusion}
         for label, model_config in [*model_configs.items(), *blends.items()]:

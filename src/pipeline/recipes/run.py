@@ -17,6 +17,7 @@ from pipeline.distributed import gather_rows
 from pipeline.errors import PipelineInputError
 from pipeline.models.registry import floor_configs
 from pipeline.outputs import CHECKPOINT, EMBEDDING_FILES
+from pipeline.progress import show_progress
 from pipeline.recipes.context import RunContext
 from pipeline.retrieval import retrieval_vectors_of
 from pipeline.serving import embedding_tables, list_maker, recommendation_frame, save_trained, serving_lists
@@ -57,7 +58,7 @@ def run(
     with context.publishing() as output:
         data = context.load()
         with context.stage("encode"):
-            item_embeddings, encoding_stats = encode(data, config, progress=bool(progress))
+            item_embeddings, encoding_stats = encode(data, config, progress=show_progress(progress))
         with context.stage("train"):
             model = build(config.model, data, item_embeddings, config.seed)
             if config.output.embeddings and retrieval_vectors_of(model) is None:

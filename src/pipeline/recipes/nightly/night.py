@@ -2,7 +2,8 @@
 
 A night, top to bottom:
 1. lock (one night at a time); compare the input files and config with the last successful night: unchanged -> done;
-2. load and prepare tonight's log, count what is new since the watermark (newest event time of the last night);
+2. load and prepare tonight's log, count what is new since the watermark (newest event time of the last night), and
+   measure the lists the last night served against those new events (`feedback`);
 3. encode item texts through the cache (only new or changed texts are encoded);
 4. train the challenger: warm-started from the champion (same encoder and model shape) or from scratch;
 5. evaluate challenger and champion on the same events; promote if the challenger is not worse by more than the
@@ -37,8 +38,10 @@ from pipeline.errors import PipelineInputError, StorageError, clip
 from pipeline.models import uses_text
 from pipeline.models.warm_start import ShapeChanged, transplant
 from pipeline.outputs import elapsed, read_run_config, read_weights, utc_now
+from pipeline.progress import show_progress
 from pipeline.recipes.context import RunContext
 from pipeline.recipes.nightly.challenger import train_challenger, vocabulary
+from pipeline.recipes.nightly.feedback import served_feedback, served_message
 from pipeline.recipes.nightly.lock import NightLock
 from pipeline.recipes.nightly.profiles import interest_profiles, profile_summary
 from pipeline.recipes.nightly.records import (
@@ -131,8 +134,11 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
                                      "shards of data.engine duckdb's prepared log, and a night compares the whole log)")
         news = _whats_new(data, state, champion, inputs, config_digest)
         log.info("tonight: %s", news["message"])
+        served = served_feedback(root / "nights" / state["night"] if state else None, data, state.get("watermark"))
+        if served is not None:
+            log.info("last night's lists: %s", served_message(served))
         with context.stage("encode"):
-            item_embeddings, encoding = encode(data, config, progress=bool(progress))
+            item_embeddings, encoding = encode(data, config, progress=show_progress(progress))
         texts = {"encoded": encoding.encoded if encoding else 0, "from_cache": encoding.from_cache if encoding else 0}
         selection, gate = split_validation(data)
         with context.stage("train"):
@@ -172,7 +178,7 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
             output.write_jsonl("history.jsonl", history)
             summary = {
                 "night": output.final_path.name, "date": utc_now(), "status": PROMOTED if decision["promote"] else KEPT_CHAMPION,
-                "data": news, "texts": texts, "training": training, "decision": decision,
+                "data": news, "served": served, "texts": texts, "training": training, "decision": decision,
                 "profiles": profile_summary(profiles), "timings_seconds": context.timings,
             }
             output.write_json("summary.json", summary)

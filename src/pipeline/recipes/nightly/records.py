@@ -17,6 +17,7 @@ import pandas as pd
 from pipeline import faults
 from pipeline.errors import PipelineInputError, StorageError, clip
 from pipeline.outputs import utc_now
+from pipeline.recipes.nightly.feedback import served_message
 from pipeline.storage import follow, read_json_file, write_table
 
 log = logging.getLogger("pipeline")
@@ -52,18 +53,21 @@ def read_state(root: Path) -> dict:
 
 HISTORY_COLUMNS = [
     "night", "date", "status", "events", "new_events", "users", "new_users", "items", "new_items", "texts_encoded",
-    "texts_from_cache", "training", "train_seconds", "metric", "champion", "challenger", "wall_seconds", "error",
+    "texts_from_cache", "training", "train_seconds", "metric", "champion", "challenger", "served_users",
+    "served_hit_rate", "popularity_hit_rate", "served_coverage", "wall_seconds", "error",
 ]
 
 
 def history_row(summary: dict) -> dict:
-    data, decision = summary["data"], summary["decision"]
+    data, decision, served = summary["data"], summary["decision"], summary.get("served")
     return {
         "night": summary["night"], "date": summary["date"], "status": summary["status"],
         **{key: data[key] for key in ("events", "new_events", "users", "new_users", "items", "new_items")},
         "texts_encoded": summary["texts"]["encoded"], "texts_from_cache": summary["texts"]["from_cache"],
         "training": summary["training"]["mode"], "train_seconds": summary["training"]["seconds"],
         "metric": decision["metric"], "champion": decision["champion"], "challenger": decision["challenger"],
+        **({"served_users": served["users_served"], "served_hit_rate": served["hit_rate"],
+            "popularity_hit_rate": served["popularity_hit_rate"], "served_coverage": served["coverage"]} if served else {}),
         "wall_seconds": summary["timings_seconds"]["total"],
     }
 
@@ -138,6 +142,7 @@ def summary_markdown(summary: dict) -> str:
         "",
         f"- **Data**: {data['events']:,} events ({data['new_events']:,} new), {data['users']:,} users ({data['new_users']:,} new), "
         f"{data['items']:,} items ({data['new_items']:,} new); newest event {data['newest_event']}",
+        f"- **Served lists**: {served_message(summary['served']) if summary.get('served') else 'n/a (no lists served before tonight)'}",
         f"- **Texts**: {texts['encoded']:,} encoded, {texts['from_cache']:,} from the cache",
         f"- **Training**: {training['mode']} ({training['reason']}), {training['epochs']} epochs, {training['seconds']:.1f} s"
         + _epoch_windows(training.get("epoch_windows")),
