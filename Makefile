@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[dev,ann,outofcore,spark]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,ann,outofcore,spark,tensorboard,mlflow]"
 	touch $@
 
 run: setup

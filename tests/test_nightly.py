@@ -141,8 +141,14 @@ def test_three_nights_then_a_degraded_challenger(night_config):
 
     champion_before = (nightly_root / "champion").resolve()
     write_log_until(root / "data", 1.0)
-    degraded = nightly(config, overrides=["train.learning_rate=50", "nightly.warm_epochs=1"])
+    degraded = nightly(config, overrides=["train.learning_rate=50", "nightly.warm_epochs=1", "logging.backends=[mlflow]"])
     assert degraded.status == "kept_champion" and degraded.exit_code == 3
+    import mlflow  # the night as one MLflow run, its decision as a tag
+
+    mlflow.set_tracking_uri(f"sqlite:///{nightly_root / 'nights' / 'mlflow.db'}")
+    (tracked,) = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    assert tracked.info.run_name == degraded.night_dir.name and tracked.data.tags["decision"] == "kept_champion"
+    assert tracked.data.metrics["gate.challenger.ndcg_at_50"] == pytest.approx(degraded.summary["decision"]["challenger"])
     assert degraded.summary["decision"]["challenger"] < degraded.summary["decision"]["champion"]
     assert (nightly_root / "champion").resolve() == champion_before
 

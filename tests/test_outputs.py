@@ -124,3 +124,41 @@ def test_the_item_text_table_is_kept_beside_the_weights_and_mapped_back(tiny_con
     legacy = pipeline.load_run(result.run_dir)
     np.testing.assert_array_equal(text_buffer(legacy.model).numpy(), text_buffer(loaded.model).numpy())
     pd.testing.assert_frame_equal(legacy.recommend(events), lists)
+
+
+@pytest.mark.slow
+def test_a_run_is_tracked_in_tensorboard_and_mlflow(tiny_config, tmp_path):
+    import mlflow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny_config["train"]["epochs"] = 2
+    tiny_config["logging"] = {"backends": ["tensorboard", "mlflow"]}
+    result = pipeline.run(tiny_config)
+    epochs = [record["epoch"] for record in result.history]
+    events = EventAccumulator(str(tmp_path / "runs" / "tensorboard" / result.run_dir.name))
+    events.Reload()
+    assert [event.step for event in events.Scalars("valid_ndcg@10")] == epochs == [1, 2]
+    assert [event.value for event in events.Scalars("loss_item")] == pytest.approx([r["loss_item"] for r in result.history])
+    test_ndcg = result.metrics["splits"]["test"]["transformer"]["ndcg@10"]
+    assert events.Scalars("test/transformer/ndcg@10")[0].value == pytest.approx(test_ndcg)
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=[result.config.name], output_format="list")
+    assert run.info.run_name == result.run_dir.name and run.info.status == "FINISHED"
+    assert run.data.params["model.name"] == "transformer" and run.data.params["train.epochs"] == "2"
+    assert run.data.metrics["test.transformer.ndcg_at_10"] == pytest.approx(test_ndcg)
+    curve = mlflow.MlflowClient().get_metric_history(run.info.run_id, "valid_ndcg_at_10")
+    assert [(point.step, point.value) for point in curve] == [(r["epoch"], pytest.approx(r["valid_ndcg@10"])) for r in result.history]
+    artifacts = {entry.path for entry in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "model.safetensors", "history.jsonl"} <= artifacts
+
+
+def test_a_tracking_backend_without_its_package_is_refused_before_anything_is_written(tiny_config, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "mlflow" else real(name, *args))
+    tiny_config["logging"] = {"backends": ["mlflow"]}
+    with pytest.raises(pipeline.PipelineInputError, match=r"logging\.backends: mlflow needs the mlflow package: pip install 'interest-pipeline\[mlflow\]'"):
+        pipeline.run(tiny_config)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())

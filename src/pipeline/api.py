@@ -28,6 +28,7 @@ from pipeline.models.base import repeat_share_of
 from pipeline.outputs import check_output_root
 from pipeline.ranking import ListPolicy, Rankings
 from pipeline.schema import ModelSection
+from pipeline.tracking import check_backends
 from pipeline.training import Fitter, StopRequest
 
 
@@ -75,10 +76,11 @@ def train(
     before_loop: list[Callable[[torch.nn.Module], None]] | None = None,
     validation: EvalCases | None = None,
     epoch_windows: Callable | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Fit the model on the training view (statistics, then the gradient loop; see `training.fit` for checkpoint,
-    stop and `epoch_windows`); `before_loop` hooks run between the two; `validation` (default: the validation split)
-    selects the epoch."""
+    stop, `epoch_windows` and `on_epoch`); `before_loop` hooks run between the two; `validation` (default: the
+    validation split) selects the epoch."""
     if data.rank_local and not model.fits_on_rank_shards:
         raise PipelineInputError(
             f"{type(model).__name__} learns from the whole log at once, so it cannot train under torchrun on rank shards "
@@ -86,7 +88,7 @@ def train(
         )
     fitter = Fitter(
         config.train, validator(data, config, validation), config.seed, progress, checkpoint, stop, list(before_loop or []),
-        epoch_windows,
+        epoch_windows, on_epoch,
     )
     return model.fit(data.train_view(), fitter)
 
@@ -147,10 +149,12 @@ def candidate_policy(data: PreparedData, config: Config) -> dict:
 
 def preflight(config: Config, models: list[ModelSection], root: str) -> None:
     """What `run`, `compare`, `nightly` and `validate` refuse before reading any data: an output root that cannot
-    hold runs (`root` names its key), and an encoder that cannot be found (when a model reads item text)."""
+    hold runs (`root` names its key), an encoder that cannot be found (when a model reads item text), and a tracking
+    backend whose package is not installed."""
     check_output_root(config.nightly.root if root == "nightly.root" else config.output.root, root)
     if any(uses_text(model) for model in models):
         encoder_identity(config.encoder)
+    check_backends(config.logging.backends)
 
 
 def validate(config_or_path: str | Path | dict | Config, overrides: list[str] | None = None) -> dict:

@@ -201,6 +201,18 @@ class NightlyConfig(Section):
     profile_top_categories: int = Field(3, ge=1)
 
 
+class LoggingConfig(Section):
+    backends: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
+    """Experiment trackers besides history.jsonl (always written): TensorBoard event files, an MLflow run
+    (`pip install 'interest-pipeline[tensorboard]'` / `[mlflow]`)."""
+    tensorboard_dir: str | None = None
+    """TensorBoard's folder, one subfolder per run (default: <output.root>/tensorboard)."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (default: sqlite:///<output.root>/mlflow.db); any URI MLflow takes, e.g. http://host:5000."""
+    experiment: str | None = None
+    """MLflow experiment (default: the config's name)."""
+
+
 class Config(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
     """Names the run directories (`<name>-<UTC time>`) and the nightly root."""
@@ -214,6 +226,7 @@ class Config(Section):
     compare: CompareConfig = CompareConfig()
     output: OutputConfig = OutputConfig()
     nightly: NightlyConfig = NightlyConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _target_types_need_event_column(self):

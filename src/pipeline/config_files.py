@@ -197,6 +197,8 @@ def resolve_paths(config, base_dir: Path, check: bool) -> None:
         if check and not Path(config.encoder.model).is_dir():
             raise PipelineInputError(f"encoder.model: model folder not found: {config.encoder.model}")
     config.output.root = resolve(config.output.root)
+    if config.logging.tensorboard_dir is not None:
+        config.logging.tensorboard_dir = resolve(config.logging.tensorboard_dir)
     config.nightly.root = resolve(config.nightly.root or str(Path(config.output.root) / f"{config.name}-nightly"))
     for key, folder in (("output.root", config.output.root), ("nightly.root", config.nightly.root)):
         if check and Path(folder).exists() and not Path(folder).is_dir():

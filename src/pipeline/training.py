@@ -85,13 +85,15 @@ class Fitter:
     before_loop: list[Callable[[torch.nn.Module], None]] = field(default_factory=list)
     # The windows of each epoch (see `fit`); None: all of them.
     epoch_windows: Callable[[TrainingWindows, np.random.Generator], np.ndarray] | None = None
+    # Called with each finished epoch's history record (experiment tracking).
+    on_epoch: Callable[[dict], None] | None = None
 
     def loop(self, model: torch.nn.Module, train: TrainView) -> list[dict]:
         for hook in self.before_loop:
             hook(model)
         return fit(
             model, train, self.config, self.validator, self.seed, self.progress, self.checkpoint, self.stop,
-            self.epoch_windows,
+            self.epoch_windows, self.on_epoch,
         )
 
 
@@ -105,8 +107,10 @@ def fit(
     checkpoint: Path | None = None,
     stop: StopRequest | None = None,
     epoch_windows: Callable[[TrainingWindows, np.random.Generator], np.ndarray] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Fit `model` (statistics already fitted) on the training view; return the per-epoch history.
+    """Fit `model` (statistics already fitted) on the training view; return the per-epoch history (each record is
+    also given to `on_epoch`, on rank 0).
 
     `epoch_windows(windows, rng)` chooses the windows each epoch trains on (default: all; `ReplaySelection` for a
     warm start).
@@ -229,6 +233,8 @@ def fit(
             }
             state.history.append(record)
             state.epoch = epoch
+            if on_epoch is not None and distributed.is_main():
+                on_epoch(record)
             log.info(
                 "epoch %d: item loss %.4f, valid %s %.4f (%.1fs)",
                 epoch, totals["item"], selection_metric, score, record["epoch_seconds"],

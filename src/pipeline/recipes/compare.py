@@ -56,7 +56,8 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
                     model = ScoreFusion({member: trained[member] for member in blends[label]}, catalog_of(data, None))
                 else:
                     model = build(model_config, data, item_embeddings, config.seed)
-                history = train(model, data, config, progress)
+                history = train(model, data, config, progress, on_epoch=lambda record, label=label: context.tracking.epoch(
+                    {key if key == "epoch" else f"{label}.{key}": value for key, value in record.items()}))
             if label in blends:
                 metrics["fusion_weights"][label] = model.member_weights()
                 log.info("%s weights fitted on validation: %s", label, metrics["fusion_weights"][label])
@@ -68,7 +69,7 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
         output.write_jsonl("history.jsonl", histories)
         write_table(leaderboard, output.file("leaderboard.csv"))
         output.write_text("leaderboard.md", leaderboard_markdown(leaderboard, metrics["protocol"]))
-        run_dir = context.finish(data, encoding_stats)
+        run_dir = context.finish(data, encoding_stats, metrics)
     return CompareResult(run_dir, config, metrics, leaderboard)
 
 

@@ -16,6 +16,7 @@ from pipeline.encoding import EncodingStats
 from pipeline.errors import PipelineInputError
 from pipeline.outputs import LATEST, RunDirectory, elapsed, find_resumable, manifest, utc_now
 from pipeline.storage import read_json_file
+from pipeline.tracking import Trackers, open_trackers
 
 log = logging.getLogger("pipeline")
 
@@ -45,6 +46,12 @@ class RunContext:
             _check_same_config(stopped / "config.resolved.yaml", config)
             self.output = RunDirectory(config.output.root, name, stopped, pointer=pointer)
             log.info("resuming %s", stopped)
+        # Experiment trackers (logging.backends) on rank 0; each finished epoch goes to `tracking.epoch`.
+        try:
+            self.tracking = open_trackers(config, self.output.final_path.name) if distributed.is_main() else Trackers([])
+        except PipelineInputError:
+            self.output.abort()
+            raise
 
     @contextmanager
     def stage(self, name: str):
@@ -60,6 +67,7 @@ class RunContext:
                 yield self.output
             except BaseException:
                 self.output.abort()
+                self.tracking.abort()
                 raise
 
     def load(self) -> PreparedData:
@@ -75,8 +83,11 @@ class RunContext:
             self.output.write_json("inputs.json", self.inputs)
         return data
 
-    def finish(self, data: PreparedData, encoding: EncodingStats | None) -> Path | None:
-        """Write the manifest and publish; returns the run directory (None on ranks other than 0)."""
+    def finish(
+        self, data: PreparedData, encoding: EncodingStats | None, metrics: dict | None = None, tags: dict | None = None
+    ) -> Path | None:
+        """Write the manifest and publish; hand `metrics` and `tags` with the published folder to the trackers;
+        returns the run directory (None on ranks other than 0)."""
         self.timings["total"] = elapsed(self._started)
         self.output.write_json("manifest.json", manifest(
             self.config, self.output.file("config.resolved.yaml"), self.inputs, data, encoding, self.timings, self.started_at,
@@ -84,6 +95,7 @@ class RunContext:
         run_dir = self.output.commit()
         if run_dir is not None:
             log.info("finished in %.1fs: %s", self.timings["total"], run_dir)
+        self.tracking.finish(metrics or {}, run_dir, tags or {})
         return run_dir
 
 

@@ -63,7 +63,7 @@ def run(
             model = build(config.model, data, item_embeddings, config.seed)
             if config.output.embeddings and retrieval_vectors_of(model) is None:
                 raise PipelineInputError(f"output.embeddings: {config.model.name} does not score by inner products, so it has no embeddings to export")
-            history = train(model, data, config, progress, output.file(CHECKPOINT), stop)
+            history = train(model, data, config, progress, output.file(CHECKPOINT), stop, on_epoch=context.tracking.epoch)
         with context.stage("evaluate"):
             models = {config.model.name: model}
             metrics = {"protocol": protocol(data, config), "splits": {VALID: {}, TEST: {}}}
@@ -101,5 +101,5 @@ def run(
                     write_table(table, output.file(name))
             if config.output.write_csv:
                 write_table(recommendations, output.file("recommendations.csv"))
-        run_dir = context.finish(data, encoding_stats)
+        run_dir = context.finish(data, encoding_stats, metrics)
     return RunResult(run_dir, config, metrics, recommendations, history)

@@ -44,7 +44,7 @@ def _changed_keys(before: dict, after: dict) -> list[str]:
     return sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
 
 
-def train_challenger(config, data, item_embeddings, champion, progress, stop, selection, watermark):
+def train_challenger(config, data, item_embeddings, champion, progress, stop, selection, watermark, on_epoch=None):
     """The training recipe with the warm start as its hook: the champion's weights are transplanted after tonight's
     statistics are fitted, before the first step, and each epoch trains on the windows with events since the last
     night (`watermark`) plus a replay sample of the others (`nightly.replay_fraction`); if the weights do not fit,
@@ -59,7 +59,7 @@ def train_challenger(config, data, item_embeddings, champion, progress, stop, se
         model = build(config.model, data, item_embeddings, config.seed)
         night_config = config.model_copy(update={"train": config.train.model_copy(update={"epochs": epochs})})
         history = train(model, data, night_config, progress, stop=stop, before_loop=hooks, validation=selection,
-                        epoch_windows=epoch_windows)
+                        epoch_windows=epoch_windows, on_epoch=on_epoch)
         return model, history
 
     log.info("challenger: %s training (%s)", mode, reason)

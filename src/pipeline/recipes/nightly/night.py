@@ -143,7 +143,8 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
         selection, gate = split_validation(data)
         with context.stage("train"):
             challenger, training, history = train_challenger(
-                config, data, item_embeddings, champion, progress, stop, selection, state.get("watermark"))
+                config, data, item_embeddings, champion, progress, stop, selection, state.get("watermark"),
+                context.tracking.epoch)
         with context.stage("evaluate"):
             challenger_metrics = _evaluate_windows(challenger, data, config, gate)
             champion_metrics, champion_model = {}, None
@@ -166,12 +167,13 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
             write_table(lists, output.file("recommendations.parquet"))
             write_table(profiles, output.file("profiles.parquet"))
             save_trained(output, challenger, data, item_embeddings)
+            splits = {
+                split: {"challenger": challenger_metrics[split], **({"champion": champion_metrics[split]} if champion_metrics else {})}
+                for split in (GATE, TEST)
+            }
             output.write_json("metrics.json", {
                 "protocol": protocol(data, config),
-                "splits": {
-                    split: {"challenger": challenger_metrics[split], **({"champion": champion_metrics[split]} if champion_metrics else {})}
-                    for split in (GATE, TEST)
-                },
+                "splits": splits,
                 "decision": decision,
                 **({"retrieval": retrieval} if retrieval is not None else {}),
             })
@@ -183,7 +185,7 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
             }
             output.write_json("summary.json", summary)
             output.write_text("summary.md", summary_markdown(summary))
-        night_dir = context.finish(data, encoding)
+        night_dir = context.finish(data, encoding, {"splits": splits}, {"decision": summary["status"], "training": training["mode"]})
     faults.reached("nightly:published")
 
     # The champion link is the truth about what is promoted: it moves first, in one rename, and state.json follows.

@@ -1,0 +1,162 @@
+"""Experiment tracking: one small interface (`Tracker`), with TensorBoard and MLflow behind it.
+
+The run directory's `history.jsonl` is always written (the disk backend); `logging.backends` adds trackers that see
+the same lifecycle: `start` (the resolved config as parameters), `epoch` (each finished epoch's losses and
+validation metrics), `finish` (the final metrics, the run directory as artifacts, tags such as a night's decision)
+or `abort` (a failed or stopped run). A backend whose package is missing is bad input naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import numbers
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.errors import PipelineInputError, clip
+
+log = logging.getLogger("pipeline")
+
+# backend -> (the module it imports, the extra that installs it)
+PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
+
+
+def check_backends(backends: list[str]) -> None:
+    """Bad input, before anything is written, for a backend whose package is not installed."""
+    for backend in backends:
+        module, extra = PACKAGES[backend]
+        if importlib.util.find_spec(module) is None:
+            raise PipelineInputError(
+                f"logging.backends: {backend} needs the {module} package: pip install 'interest-pipeline[{extra}]'"
+            )
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists become strings (MLflow parameters are strings anyway)."""
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def numeric(values: dict) -> dict[str, float]:
+    return {key: float(value) for key, value in flatten(values).items()
+            if isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value}
+
+
+class Tracker:
+    """The interface; each method does nothing unless a backend overrides it."""
+
+    def epoch(self, record: dict) -> None: ...
+
+    def finish(self, metrics: dict, run_dir: Path | None, tags: dict) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class TensorBoardTracker(Tracker):
+    """Event files under `<logging.tensorboard_dir>/<run name>/`: each epoch's numbers as scalars at step = epoch,
+    the final metrics as scalars, the resolved config as text."""
+
+    def __init__(self, folder: Path, config: Config):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder))
+        self.writer.add_text("config", "```\n" + config.to_yaml() + "\n```")
+
+    def epoch(self, record: dict) -> None:
+        for name, value in numeric(record).items():
+            if name != "epoch":
+                self.writer.add_scalar(name, value, int(record["epoch"]))
+        self.writer.flush()
+
+    def finish(self, metrics: dict, run_dir: Path | None, tags: dict) -> None:
+        for name, value in numeric(metrics.get("splits", {})).items():
+            self.writer.add_scalar(name.replace(".", "/"), value, 0)
+        for name, value in tags.items():
+            self.writer.add_text(name, str(value))
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.close()
+
+
+class MlflowTracker(Tracker):
+    """One MLflow run in experiment `logging.experiment` (default: the config's name) at `logging.mlflow_uri`
+    (default: a SQLite store under the output root): parameters, per-epoch metrics at step = epoch, the final
+    metrics, tags, and the run directory as artifacts."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, config: Config):
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(experiment)
+        self.run = mlflow.start_run(run_name=run_name)
+        parameters = {key: str(value)[:500] for key, value in flatten(config.to_dict()).items()}
+        for start in range(0, len(parameters), 100):  # MLflow takes at most 100 parameters per call
+            mlflow.log_params(dict(list(parameters.items())[start : start + 100]))
+
+    @staticmethod
+    def _named(values: dict) -> dict[str, float]:
+        """MLflow's metric names take no "@": ndcg@10 -> ndcg_at_10."""
+        return {name.replace("@", "_at_"): value for name, value in numeric(values).items() if name != "epoch"}
+
+    def epoch(self, record: dict) -> None:
+        self.mlflow.log_metrics(self._named(record), step=int(record["epoch"]))
+
+    def finish(self, metrics: dict, run_dir: Path | None, tags: dict) -> None:
+        self.mlflow.log_metrics(self._named(metrics.get("splits", {})))
+        self.mlflow.set_tags({key: str(value) for key, value in tags.items()})
+        if run_dir is not None:
+            self.mlflow.log_artifacts(str(run_dir))
+        self.mlflow.end_run()
+
+    def abort(self) -> None:
+        self.mlflow.end_run(status="FAILED")
+
+
+class Trackers(Tracker):
+    """The configured trackers as one: a tracker that fails is logged and dropped, never a failed run."""
+
+    def __init__(self, trackers: list[Tracker]):
+        self.trackers = trackers
+
+    def _each(self, method: str, *args) -> None:
+        for tracker in list(self.trackers):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as err:  # a tracking server down or a full disk must not lose the run
+                log.error("%s: %s failed (%s); tracking to it stops", type(tracker).__name__, method, err)
+                self.trackers.remove(tracker)
+
+    def epoch(self, record: dict) -> None:
+        self._each("epoch", record)
+
+    def finish(self, metrics: dict, run_dir: Path | None, tags: dict) -> None:
+        self._each("finish", metrics, run_dir, tags)
+
+    def abort(self) -> None:
+        self._each("abort")
+
+
+def open_trackers(config: Config, run_name: str) -> Trackers:
+    """The trackers of `logging.backends` for the run named `run_name`."""
+    settings, root = config.logging, Path(config.output.root)
+    trackers: list[Tracker] = []
+    try:
+        for backend in settings.backends:
+            if backend == "tensorboard":
+                trackers.append(TensorBoardTracker(Path(settings.tensorboard_dir or root / "tensorboard") / run_name, config))
+            else:
+                uri = settings.mlflow_uri or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+                trackers.append(MlflowTracker(uri, settings.experiment or config.name, run_name, config))
+    except Exception as err:  # an unreachable tracking server, an unwritable folder: named, before the run starts
+        Trackers(trackers).abort()
+        raise PipelineInputError(f"logging.backends: {backend} cannot start: {clip(str(err))}") from None
+    return Trackers(trackers)
