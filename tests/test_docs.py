@@ -28,3 +28,19 @@ def test_reference_lists_every_model_and_its_own_keys_only():
         keys = {line.split("`")[1].removeprefix("model.") for line in section.splitlines() if line.startswith("| `model.")}
         listed = {key for key in keys if "." not in key}  # nested sections (model.loss.*) have tables of their own
         assert listed == set(model_class.config_class.model_fields) - {"name"}, name
+
+
+def test_every_public_name_and_method_of_the_library_has_a_docstring():
+    import inspect
+
+    import pipeline
+
+    missing = []
+    for name in pipeline.__all__:
+        value = getattr(pipeline, name)
+        if not (value.__doc__ or "").strip():
+            missing.append(name)
+        if inspect.isclass(value):
+            missing += [f"{name}.{method}" for method, function in vars(value).items()
+                        if not method.startswith("_") and inspect.isfunction(function) and not (function.__doc__ or "").strip()]
+    assert missing == []

@@ -1,5 +1,7 @@
 """The encoder: real default model, agreement with sentence-transformers, and the on-disk cache."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -124,3 +126,14 @@ def test_item_table_stays_in_memory_when_the_cache_is_unwritable(tmp_path, monke
     assert "item table" in caplog.text and "stays in memory" in caplog.text
     assert not isinstance(table, np.memmap) and table.dtype == np.float16 and table.shape == (5, 384)
     assert stats.encoded == 0
+
+
+def test_the_encoding_bar_counts_batches_out_of_a_total(tmp_path, capsys):
+    from pipeline.encoding import TextEncoder
+
+    encoder = TextEncoder(EncoderConfig(cache_dir=str(tmp_path), batch_size=2))
+    encoder.encode(TEXTS, progress=True)
+    err = capsys.readouterr().err
+    assert re.search(r"encode 4 texts: +\d+%\|[^|]*\| \d/2 ", err), err  # 4 texts in batches of 2
+    encoder.encode(TEXTS, progress=False)
+    assert capsys.readouterr().err == ""

@@ -162,3 +162,23 @@ def test_a_tracking_backend_without_its_package_is_refused_before_anything_is_wr
     with pytest.raises(pipeline.PipelineInputError, match=r"logging\.backends: mlflow needs the mlflow package: pip install 'interest-pipeline\[mlflow\]'"):
         pipeline.run(tiny_config)
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_compare_tracks_one_child_run_per_model(tiny_config, tmp_path):
+    import mlflow
+
+    tiny_config["train"]["epochs"] = 2
+    tiny_config["compare"] = {"models": [{"name": "transformer", "hidden_size": 16, "num_layers": 1, "max_length": 20}]}
+    tiny_config["logging"] = {"backends": ["mlflow"], "experiment": "board"}
+    result = pipeline.compare(tiny_config)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = {run.info.run_name: run for run in mlflow.search_runs(experiment_names=["board"], output_format="list")}
+    parent = runs.pop(result.run_dir.name)
+    assert set(runs) == set(result.leaderboard["model"])  # one child per model, floors included
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs.values()} == {parent.info.run_id}
+    child = runs["transformer"]
+    assert child.info.status == "FINISHED"
+    assert child.data.metrics["test.ndcg_at_10"] == pytest.approx(result.metrics["splits"]["test"]["transformer"]["ndcg@10"])
+    curve = mlflow.MlflowClient().get_metric_history(child.info.run_id, "loss_item")
+    assert [point.step for point in curve] == [1, 2]

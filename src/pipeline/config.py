@@ -214,6 +214,9 @@ class LoggingConfig(Section):
 
 
 class Config(Section):
+    """The whole run, validated: one typed section per stage and one schema per model (README "Config reference").
+    Unknown keys are errors with a suggestion; build one with `load_config` (a file, a dict, overrides)."""
+
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
     """Names the run directories (`<name>-<UTC time>`) and the nightly root."""
     seed: int = Field(42, ge=0, le=MAX_SEED)
@@ -250,12 +253,14 @@ class Config(Section):
         return {entry.display_name: entry for entry in self.compare.models}
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values (JSON types) with every default filled in: what `config.resolved.yaml` holds."""
         payload = self.model_dump(mode="json")
         if self.data.engine == "pandas":  # read by nothing then: a resolved config must load back
             del payload["data"]["shards"]
         return payload
 
     def to_yaml(self) -> str:
+        """`to_dict` as YAML that `load_config` reads back to an equal config."""
         return dump_yaml(self.to_dict())
 
 

@@ -135,6 +135,8 @@ class TextEncoder:
 
     @torch.inference_mode()
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """[len(texts), dimension] L2-normalized float32 embeddings, in the order of `texts` (no cache: see
+        `encode_texts`)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         token_ids = self.tokenizer(

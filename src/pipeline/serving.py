@@ -251,6 +251,9 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
+    """A finished run directory (or an output root, or its `latest` pointer; a nightly champion's night folder too)
+    loaded for serving: its config, its model with the saved weights and item text table, and the item ids. Call
+    `recommend` on the result with any users' events."""
     run_dir = resolve_run(run_dir)
     config = read_run_config(run_dir)
     catalog = read_catalog(run_dir)

@@ -50,9 +50,10 @@ def numeric(values: dict) -> dict[str, float]:
 
 
 class Tracker:
-    """The interface; each method does nothing unless a backend overrides it."""
+    """The interface; each method does nothing unless a backend overrides it. `epoch` takes the `model` a record
+    belongs to where a run trains several (`compare`): each model gets its own child run."""
 
-    def epoch(self, record: dict) -> None: ...
+    def epoch(self, record: dict, model: str | None = None) -> None: ...
 
     def finish(self, metrics: dict, run_dir: Path | None, tags: dict) -> None: ...
 
@@ -66,24 +67,31 @@ class TensorBoardTracker(Tracker):
     def __init__(self, folder: Path, config: Config):
         from torch.utils.tensorboard import SummaryWriter
 
+        self.folder, self.writer_class = folder, SummaryWriter
         self.writer = SummaryWriter(log_dir=str(folder))
         self.writer.add_text("config", "```\n" + config.to_yaml() + "\n```")
+        self.children: dict[str, object] = {}  # model -> its writer, in a subfolder TensorBoard shows as a run
 
-    def epoch(self, record: dict) -> None:
+    def epoch(self, record: dict, model: str | None = None) -> None:
+        if model is None:
+            writer = self.writer
+        else:
+            writer = self.children.setdefault(model, self.writer_class(log_dir=str(self.folder / model)))
         for name, value in numeric(record).items():
             if name != "epoch":
-                self.writer.add_scalar(name, value, int(record["epoch"]))
-        self.writer.flush()
+                writer.add_scalar(name, value, int(record["epoch"]))
+        writer.flush()
 
     def finish(self, metrics: dict, run_dir: Path | None, tags: dict) -> None:
         for name, value in numeric(metrics.get("splits", {})).items():
             self.writer.add_scalar(name.replace(".", "/"), value, 0)
         for name, value in tags.items():
             self.writer.add_text(name, str(value))
-        self.writer.close()
+        self.abort()
 
     def abort(self) -> None:
-        self.writer.close()
+        for writer in [self.writer, *self.children.values()]:
+            writer.close()
 
 
 class MlflowTracker(Tracker):
@@ -98,6 +106,8 @@ class MlflowTracker(Tracker):
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(experiment)
         self.run = mlflow.start_run(run_name=run_name)
+        self.client = mlflow.MlflowClient()
+        self.children: dict[str, str] = {}  # model -> its child run's id
         parameters = {key: str(value)[:500] for key, value in flatten(config.to_dict()).items()}
         for start in range(0, len(parameters), 100):  # MLflow takes at most 100 parameters per call
             mlflow.log_params(dict(list(parameters.items())[start : start + 100]))
@@ -107,17 +117,40 @@ class MlflowTracker(Tracker):
         """MLflow's metric names take no "@": ndcg@10 -> ndcg_at_10."""
         return {name.replace("@", "_at_"): value for name, value in numeric(values).items() if name != "epoch"}
 
-    def epoch(self, record: dict) -> None:
-        self.mlflow.log_metrics(self._named(record), step=int(record["epoch"]))
+    def _child(self, model: str) -> str:
+        if model not in self.children:
+            child = self.client.create_run(
+                self.run.info.experiment_id, run_name=model, tags={"mlflow.parentRunId": self.run.info.run_id})
+            self.children[model] = child.info.run_id
+        return self.children[model]
+
+    def epoch(self, record: dict, model: str | None = None) -> None:
+        step = int(record["epoch"])
+        if model is None:
+            self.mlflow.log_metrics(self._named(record), step=step)
+            return
+        run_id = self._child(model)
+        for name, value in self._named(record).items():
+            self.client.log_metric(run_id, name, value, step=step)
 
     def finish(self, metrics: dict, run_dir: Path | None, tags: dict) -> None:
-        self.mlflow.log_metrics(self._named(metrics.get("splits", {})))
+        splits = metrics.get("splits", {})
+        self.mlflow.log_metrics(self._named(splits))
+        if self.children:  # a run of several models: every model of the metrics gets a child, trained by epochs or not
+            for model in sorted({model for by_model in splits.values() for model in by_model}):
+                self._child(model)
+        for model, run_id in self.children.items():  # each child: its own final metrics, under the split's name
+            for name, value in self._named({split: by_model.get(model, {}) for split, by_model in splits.items()}).items():
+                self.client.log_metric(run_id, name, value)
+            self.client.set_terminated(run_id)
         self.mlflow.set_tags({key: str(value) for key, value in tags.items()})
         if run_dir is not None:
             self.mlflow.log_artifacts(str(run_dir))
         self.mlflow.end_run()
 
     def abort(self) -> None:
+        for run_id in self.children.values():
+            self.client.set_terminated(run_id, status="FAILED")
         self.mlflow.end_run(status="FAILED")
 
 
@@ -135,8 +168,8 @@ class Trackers(Tracker):
                 log.error("%s: %s failed (%s); tracking to it stops", type(tracker).__name__, method, err)
                 self.trackers.remove(tracker)
 
-    def epoch(self, record: dict) -> None:
-        self._each("epoch", record)
+    def epoch(self, record: dict, model: str | None = None) -> None:
+        self._each("epoch", record, model)
 
     def finish(self, metrics: dict, run_dir: Path | None, tags: dict) -> None:
         self._each("finish", metrics, run_dir, tags)

@@ -38,6 +38,9 @@ class RawData:
 
 
 def load_data(config: DataConfig) -> RawData:
+    """Read the interactions, items and tags files of `config` (CSV, JSONL or Parquet) into canonical frames, each
+    value checked: a bad value is a `PipelineInputError` naming the file, row and column. Prepare them with
+    `prepare`."""
     items = load_items(config.items, config.tags)
     interactions = load_interactions(config.interactions, config.rating_range)
     files = [Path(config.interactions.path), Path(config.items.path)]

@@ -92,6 +92,7 @@ class TrainView(_LogColumns):
         return {int(user): group.to_numpy() for user, group in self.events.groupby("user", sort=True)[column]}
 
     def rating_sequences(self) -> dict[int, np.ndarray]:
+        """{user index: the ratings of the user's training events, oldest first}."""
         return self.sequences("rating")
 
 
@@ -132,6 +133,7 @@ class PreparedData(_LogColumns):
         return {int(user): group.to_numpy() for user, group in rows.groupby("user", sort=True)[column]}
 
     def train_view(self) -> TrainView:
+        """The training events only (what models fit on), computed once and kept."""
         if "train_view" not in self._derived:
             events = self.events[self.events["split"] == TRAIN].drop(columns="split")
             self._derived["train_view"] = TrainView(

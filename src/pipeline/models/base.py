@@ -197,6 +197,8 @@ class Recommender(torch.nn.Module):
         return fitter.loop(self, train)
 
     def fit_statistics(self, train: TrainView) -> None:
+        """The counts the model learns without gradients (item popularity, rating means, what may be listed); a
+        model extends it with its own (a sequence model starts its item biases at log-popularity)."""
         self.statistics.fit(train)
 
     def loss_weights(self) -> dict[str, float]:
@@ -213,9 +215,13 @@ class Recommender(torch.nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def score_items(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
+        """[users, n_items + 1] a score for every item (column 0: padding) after each history (item indices, oldest
+        first; `events`: their event-type codes); higher is more likely next. The ranking policy (seen items, ties)
+        is applied by `ranking`, not here."""
         raise NotImplementedError
 
     def predict_category(self, histories: list[np.ndarray], events: list[np.ndarray] | None = None) -> torch.Tensor:
+        """[users, n_categories] scores of the category of each user's next item."""
         raise NotImplementedError
 
     def score_candidates(
@@ -236,6 +242,7 @@ class Recommender(torch.nn.Module):
     def predict_rating(
         self, histories: list[np.ndarray], items: np.ndarray, events: list[np.ndarray] | None = None
     ) -> torch.Tensor:
+        """[users] the rating each user would give `items` (one item per user), on the data's rating scale."""
         raise NotImplementedError
 
 

@@ -56,8 +56,8 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
                     model = ScoreFusion({member: trained[member] for member in blends[label]}, catalog_of(data, None))
                 else:
                     model = build(model_config, data, item_embeddings, config.seed)
-                history = train(model, data, config, progress, on_epoch=lambda record, label=label: context.tracking.epoch(
-                    {key if key == "epoch" else f"{label}.{key}": value for key, value in record.items()}))
+                history = train(model, data, config, progress,
+                                on_epoch=lambda record, label=label: context.tracking.epoch(record, label))
             if label in blends:
                 metrics["fusion_weights"][label] = model.member_weights()
                 log.info("%s weights fitted on validation: %s", label, metrics["fusion_weights"][label])

@@ -55,6 +55,7 @@ class RunContext:
 
     @contextmanager
     def stage(self, name: str):
+        """Time the block as stage `name` (the manifest's `timings`)."""
         started = time.perf_counter()
         yield
         self.timings[name] = elapsed(started)
@@ -71,6 +72,8 @@ class RunContext:
                 raise
 
     def load(self) -> PreparedData:
+        """The prepared log (prepared here or read from its prepared folder; under torchrun on shards, this rank's
+        users only), its input files fingerprinted into `inputs.json` (a resumed run checks they did not change)."""
         data_config, world = self.config.data, distributed.world_size()
         # Under torchrun on the duckdb engine's shards every rank reads only its own users (shard s: rank s mod world).
         shards = shards_of_rank(data_config.shards.count, distributed.rank(), world) if (
