@@ -137,3 +137,24 @@ def test_the_encoding_bar_counts_batches_out_of_a_total(tmp_path, capsys):
     assert re.search(r"encode 4 texts: +\d+%\|[^|]*\| \d/2 ", err), err  # 4 texts in batches of 2
     encoder.encode(TEXTS, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_a_killed_writers_half_table_is_removed_and_a_live_writers_kept(tmp_path):
+    import os
+    import subprocess
+
+    from pipeline.encoding import encode_items, encoder_identity
+
+    config = EncoderConfig(cache_dir=str(tmp_path), table_dtype="float16")
+    encode_texts(TEXTS, config)
+    tables = tmp_path / encoder_identity(config) / "tables"
+    tables.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid names no process any more
+    abandoned = tables / f".0123abcd.npy.{gone.pid}.tmp"
+    live = tables / f".4567cdef.npy.{os.getpid()}.tmp"
+    abandoned.write_bytes(b"half a table")
+    live.write_bytes(b"another process's table, being written")
+    table, _ = encode_items([""] + TEXTS, config)
+    assert not abandoned.exists() and live.exists()
+    assert table.shape == (5, 384)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import StorageError, clip
-from pipeline.storage import write_atomic
+from pipeline.storage import remove_abandoned_temporaries, write_atomic
 
 log = logging.getLogger("pipeline")
 
@@ -146,6 +146,7 @@ class EmbeddingCache:
             return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            remove_abandoned_temporaries(self.folder)  # a killed writer's half shard or half merge
             shards = self._shard_files()
             if len(shards) < MAX_CACHE_SHARDS:
                 self._write_shard(np.array(keys, dtype="S64"), [np.asarray(vectors, dtype=np.float32)])
@@ -177,6 +178,7 @@ class EmbeddingCache:
         try:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
+                remove_abandoned_temporaries(path.parent)  # a killed build's half table (gigabytes at scale)
                 write_atomic(path, npy_writer((len(keys) + 1, self.width or 0), dtype, [padding, *self._chunks(ordered, dtype)]))
             os.utime(path)  # "used": pruning keeps the tables used last
             self._prune_tables(path.parent)

@@ -133,6 +133,28 @@ def remove_temporaries(folder: Path) -> None:
             log.info("removed %s, left by a process that was stopped while writing it", path)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_abandoned_temporaries(folder: Path) -> None:
+    """Delete the temporary files (`.<name>.<pid>[.link].tmp`) whose writer is gone (killed mid-write); a live
+    writer's stay. For folders several processes write into (the embedding cache)."""
+    for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        parts = path.name[: -len(TEMPORARY_SUFFIX)].split(".")
+        pid = next((part for part in reversed(parts) if part.isdigit()), None)
+        if pid is not None and not pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            log.info("removed %s, left by a process that was stopped while writing it", path)
+
+
 def read_json_file(path: Path, what: str):
     """A JSON file of a run or of the nightly root; missing or damaged is bad input naming the file."""
     try:

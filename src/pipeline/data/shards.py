@@ -37,7 +37,7 @@ from pipeline.data.load import load_data, load_items
 from pipeline.data.prepare import prepare
 from pipeline.data.prepared import PreparedData, assemble
 from pipeline.errors import PipelineInputError
-from pipeline.storage import file_fingerprint, fsync_folder, read_json_file, write_json_atomic
+from pipeline.storage import file_fingerprint, fsync_folder, pid_alive, read_json_file, write_json_atomic
 
 log = logging.getLogger("pipeline")
 
@@ -152,19 +152,9 @@ def _remove_abandoned(folder: Path) -> None:
     another process preparing the same log, and stays."""
     for partial in folder.parent.glob(f".{folder.name}.*.partial"):
         pid = partial.name[len(folder.name) + 2 : -len(".partial")]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(partial, ignore_errors=True)
             log.info("removed %s, left by a preparation that was stopped", partial)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_prepared(
