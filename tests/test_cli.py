@@ -151,9 +151,9 @@ def test_the_console_script_is_pipeline_and_the_package_is_typed():
 
 @pytest.mark.slow
 def test_progress_bars_have_totals_when_asked_and_stay_off_otherwise(finished_run):
-    from pipeline.cli import build_parser
-
     import re
+
+    from pipeline.cli import build_parser
 
     _, config, quiet = finished_run
     bar_drawn = re.compile(r"\d+%\|")

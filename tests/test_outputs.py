@@ -151,6 +151,7 @@ def test_a_run_is_tracked_in_tensorboard_and_mlflow(tiny_config, tmp_path):
     assert [(point.step, point.value) for point in curve] == [(r["epoch"], pytest.approx(r["valid_ndcg@10"])) for r in result.history]
     artifacts = {entry.path for entry in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"metrics.json", "model.safetensors", "history.jsonl"} <= artifacts
+    assert (tmp_path / "runs" / "mlflow-artifacts").is_dir() and not (Path.cwd() / "mlruns").exists()  # beside the store
 
 
 def test_a_tracking_backend_without_its_package_is_refused_before_anything_is_written(tiny_config, tmp_path, monkeypatch):

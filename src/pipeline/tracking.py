@@ -99,11 +99,14 @@ class MlflowTracker(Tracker):
     (default: a SQLite store under the output root): parameters, per-epoch metrics at step = epoch, the final
     metrics, tags, and the run directory as artifacts."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, config: Config):
+    def __init__(self, uri: str, experiment: str, run_name: str, config: Config, artifacts: Path | None = None):
         import mlflow
 
         self.mlflow = mlflow
         mlflow.set_tracking_uri(uri)
+        # A local store keeps its artifacts beside it (MLflow's default is ./mlruns of whatever folder the job runs in).
+        if artifacts is not None and mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri())
         mlflow.set_experiment(experiment)
         self.run = mlflow.start_run(run_name=run_name)
         self.client = mlflow.MlflowClient()
@@ -187,8 +190,10 @@ def open_trackers(config: Config, run_name: str) -> Trackers:
             if backend == "tensorboard":
                 trackers.append(TensorBoardTracker(Path(settings.tensorboard_dir or root / "tensorboard") / run_name, config))
             else:
+                local = settings.mlflow_uri is None
                 uri = settings.mlflow_uri or f"sqlite:///{(root / 'mlflow.db').resolve()}"
-                trackers.append(MlflowTracker(uri, settings.experiment or config.name, run_name, config))
+                trackers.append(MlflowTracker(
+                    uri, settings.experiment or config.name, run_name, config, root / "mlflow-artifacts" if local else None))
     except Exception as err:  # an unreachable tracking server, an unwritable folder: named, before the run starts
         Trackers(trackers).abort()
         raise PipelineInputError(f"logging.backends: {backend} cannot start: {clip(str(err))}") from None
