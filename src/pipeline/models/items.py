@@ -129,10 +129,13 @@ class ItemRepresentation(nn.Module):
                 for start in range(0, len(texts), TEXT_ROWS_AT_ONCE)
             ]))
         if self.id_embedding is not None:
+            rows = select(self.id_rows)  # a step's items gather their rows only, not the catalog's
             if sparse:
-                id_rows = nn.functional.embedding(self.id_rows[items], self.id_embedding.weight, sparse=True)
+                id_rows = nn.functional.embedding(rows, self.id_embedding.weight, sparse=True)
             else:
-                id_rows = select(self.id_table() if borrowing is None else borrowing.fill(self.id_table()))
+                id_rows = self.id_embedding.weight[rows]
+                if borrowing is not None:  # given for the whole catalog only
+                    id_rows = borrowing.fill(id_rows)
             if id_dropout and self.text_projection is not None:
                 kept = torch.rand(len(id_rows), 1, device=id_rows.device) >= id_dropout
                 id_rows = id_rows * kept

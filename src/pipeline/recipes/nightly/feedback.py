@@ -43,9 +43,10 @@ def served_feedback(previous_night: Path | None, data: PreparedData, watermark: 
     else:
         asked = pd.Series(True, index=events.index)
     after = events["timestamp"] > watermark
+    arrived = events.loc[after & asked, ["user", "item"]]
     new = pd.DataFrame({
-        "user_id": data.user_ids[events.loc[after & asked, "user"].to_numpy()].astype(str),
-        "item_id": data.item_ids[events.loc[after & asked, "item"].to_numpy()].astype(str),
+        "user_id": data.user_ids[arrived["user"].to_numpy()].astype(str),
+        "item_id": data.item_ids[arrived["item"].to_numpy()].astype(str),
     }).drop_duplicates()
     lists = lists.astype(str)
     k = int(lists.groupby("user_id").size().max()) if len(lists) else 0
@@ -56,7 +57,7 @@ def served_feedback(previous_night: Path | None, data: PreparedData, watermark: 
     n_items = int(protocol.get("n_items", data.n_items))
     return {
         "night": previous_night.name, "k": k,
-        "users_with_new_events": int(events.loc[after & asked, "user"].nunique()), "users_served": len(users),
+        "users_with_new_events": int(arrived["user"].nunique()), "users_served": len(users),
         "hit_rate": _hit_rate(lists, new, users), "coverage": lists["item_id"].nunique() / max(n_items, 1),
         "popularity_hit_rate": _hit_rate(popular, new, users),
         "popularity_coverage": popular["item_id"].nunique() / max(n_items, 1),
@@ -75,14 +76,16 @@ def _popularity_lists(data: PreparedData, before: pd.DataFrame, users: np.ndarra
     were excluded from the served lists."""
     counts = torch.from_numpy(np.bincount(before["item"].to_numpy(), minlength=data.n_items + 1))
     counts[0] = 0  # padding
-    longest = int(before.groupby("user").size().max()) if exclude_seen and len(before) else 0
+    # Only the measured users' own items matter (users with new events are in tonight's log: each has a code).
+    codes = pd.Series(np.arange(len(data.user_ids)), index=data.user_ids.astype(str)).reindex(users).astype(np.int64)
+    measured = before[before["user"].isin(codes)] if exclude_seen else before.iloc[:0]
+    seen = measured.groupby("user")["item"].agg(set)
+    longest = max(map(len, seen), default=0)
     order = popularity_order(counts)[: k + longest].numpy()
     order = order[counts.numpy()[order] > 0]
-    index_of = {str(user): code for code, user in enumerate(data.user_ids)}
-    seen = before.groupby("user")["item"].agg(set) if exclude_seen else pd.Series(dtype=object)
     rows = []
-    for user in users:
-        own = seen.get(index_of.get(user), set())
+    for user, code in codes.items():
+        own = seen.get(code, set())
         top = [item for item in order if item not in own][:k]
         rows.extend((user, item) for item in top)
     frame = pd.DataFrame(rows, columns=["user_id", "item"])
