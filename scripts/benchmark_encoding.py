@@ -2,8 +2,8 @@
 
     python scripts/benchmark_encoding.py [--texts 50000] [--threads 1] [--repeats 3] [--json out.json]
 
-The pipeline's encoder (its default precision: bf16 autocast on a CPU with AMX-BF16, else fp32; and forced fp32) and
-sentence-transformers' encode() with its defaults run interleaved in one process on the bundled MovieLens item texts
+The pipeline's encoder (its defaults: bf16 autocast on a CPU with AMX-BF16, else fp32 under ONNX Runtime; PyTorch fp32;
+ONNX Runtime fp32 and int8) and sentence-transformers' encode() with its defaults run interleaved in one process on the bundled MovieLens item texts
 (repeated to --texts), median of --repeats; prints texts/s, the ratio to sentence-transformers and the lowest cosine
 between the two embeddings of the same text. Then the incremental case: the 9,742 unique item texts encoded into an
 empty cache, versus the same catalog with 1% of its texts edited (only those are encoded again).
@@ -23,7 +23,7 @@ import torch
 
 from pipeline.config import EncoderConfig, load_config
 from pipeline.data import load_data, prepare
-from pipeline.encoding import TextEncoder, cpu_has_native_bf16, encode_texts, resolve_model_source
+from pipeline.encoding import TextEncoder, encode_texts, resolve_model_source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,10 +48,14 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     base = EncoderConfig(device=args.device, batch_size=args.batch_size, max_length=config.encoder.max_length)
-    encoders = {
-        f"pipeline ({'bf16' if args.device == 'cuda' or cpu_has_native_bf16() else 'fp32'}, auto)": TextEncoder(base).encode,
-        "pipeline (fp32)": TextEncoder(base.model_copy(update={"precision": "fp32"})).encode,
-    }
+    variants = {"auto": {}, "torch fp32": {"runtime": "torch", "precision": "fp32"}}
+    if args.device == "cpu":
+        variants.update({"onnx fp32": {"runtime": "onnx", "precision": "fp32"}, "onnx int8": {"precision": "int8"}})
+    encoders = {}
+    for label, settings in variants.items():
+        encoder = TextEncoder(base.model_copy(update=settings))
+        name = f"pipeline {label}" + (f" = {encoder.runtime} {encoder.precision.removeprefix('torch.')}" if label == "auto" else "")
+        encoders[name] = encoder.encode
     reference = SentenceTransformer(resolve_model_source(base.model), device=args.device)
     reference.max_seq_length = base.max_length
     encoders["sentence-transformers encode()"] = lambda batch: reference.encode(batch, normalize_embeddings=True)
@@ -73,9 +77,9 @@ def main() -> None:
         }
     for row in rows.values():
         row["ratio_vs_reference"] = round(row["texts_per_second"] / rows[reference_name]["texts_per_second"], 2)
-    print(f"{'encoder':<34}{'texts/s':>10}{'median s':>10}{'ratio':>8}{'min cosine':>12}")
+    print(f"{'encoder':<40}{'texts/s':>10}{'median s':>10}{'ratio':>8}{'min cosine':>12}")
     for name, row in rows.items():
-        print(f"{name:<34}{row['texts_per_second']:>10.0f}{row['median_seconds']:>10.2f}{row['ratio_vs_reference']:>8.2f}{row['min_cosine_vs_reference']:>12.6f}")
+        print(f"{name:<40}{row['texts_per_second']:>10.0f}{row['median_seconds']:>10.2f}{row['ratio_vs_reference']:>8.2f}{row['min_cosine_vs_reference']:>12.6f}")
     print(f"texts {args.texts} (bundled item texts repeated), threads {args.threads}, median of {args.repeats}")
 
     incremental = incremental_reencode(unique, base, args.changed_fraction)

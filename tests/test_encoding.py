@@ -158,3 +158,46 @@ def test_a_killed_writers_half_table_is_removed_and_a_live_writers_kept(tmp_path
     table, _ = encode_items([""] + TEXTS, config)
     assert not abandoned.exists() and live.exists()
     assert table.shape == (5, 384)
+
+
+LENGTHS = ["short", "a longer text about a film " * 3, "x " * 200, "Heat (1995). Genres: Action|Crime|Thriller", "b"]
+
+
+def test_onnx_runtime_matches_pytorch_at_every_batch_shape(tmp_path):
+    torch_fp32 = TextEncoder(EncoderConfig(cache_dir=str(tmp_path), runtime="torch", precision="fp32", device="cpu"))
+    onnx_fp32 = TextEncoder(EncoderConfig(cache_dir=str(tmp_path), runtime="onnx", precision="fp32", device="cpu"))
+    assert (torch_fp32.runtime, onnx_fp32.runtime) == ("torch", "onnx")
+    reference = torch_fp32.encode(LENGTHS)
+    for batch_size in (1, 2, 5):  # batch and token counts other than the export's sample
+        onnx_fp32.config = onnx_fp32.config.model_copy(update={"batch_size": batch_size})
+        assert np.min(np.sum(onnx_fp32.encode(LENGTHS) * reference, axis=1)) > 0.99999
+    # fp32 on either runtime is one cache identity; int8 is cached apart
+    assert encoder_identity(onnx_fp32.config) == encoder_identity(torch_fp32.config)
+    int8_config = EncoderConfig(cache_dir=str(tmp_path), precision="int8", device="cpu")
+    assert encoder_identity(int8_config) != encoder_identity(torch_fp32.config)
+    int8 = TextEncoder(int8_config).encode(LENGTHS)
+    cosines = np.sum(int8 * reference, axis=1)
+    assert 0.97 < np.min(cosines) < 0.99999  # close to fp32, and really quantized
+    np.testing.assert_allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
+
+
+def test_damaged_onnx_export_is_exported_again(tmp_path):
+    config = EncoderConfig(cache_dir=str(tmp_path), runtime="onnx", precision="fp32", device="cpu")
+    first = TextEncoder(config).encode(TEXTS)
+    exported = tmp_path / encoder_identity(config) / "encoder.onnx"
+    exported.write_bytes(exported.read_bytes()[:1000])
+    np.testing.assert_allclose(TextEncoder(config).encode(TEXTS), first, atol=1e-6)
+    assert exported.stat().st_size > 1_000_000
+
+
+def test_impossible_runtime_settings_are_refused(tmp_path, monkeypatch):
+    with pytest.raises(PipelineInputError, match="int8 runs under ONNX Runtime on the CPU"):
+        encoder_identity(EncoderConfig(cache_dir=str(tmp_path), precision="int8", runtime="torch"))
+    with pytest.raises(PipelineInputError, match="runtime: onnx runs fp32 or int8 on the CPU"):
+        encoder_identity(EncoderConfig(cache_dir=str(tmp_path), precision="bf16", runtime="onnx", device="cpu"))
+    monkeypatch.setattr("pipeline.encoding.onnx_available", lambda: False)
+    monkeypatch.setattr("pipeline.encoder_onnx.onnx_available", lambda: False)
+    with pytest.raises(PipelineInputError, match=r"interest-pipeline\[onnx\]"):
+        encoder_identity(EncoderConfig(cache_dir=str(tmp_path), precision="int8", device="cpu"))
+    fallback = EncoderConfig(cache_dir=str(tmp_path), precision="fp32", device="cpu")
+    assert TextEncoder(fallback).runtime == "torch"  # auto without ONNX Runtime: PyTorch

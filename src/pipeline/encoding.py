@@ -19,6 +19,7 @@ import torch
 from pipeline import distributed
 from pipeline.config import DEFAULT_ENCODER, EncoderConfig
 from pipeline.embedding_cache import EmbeddingCache, text_key
+from pipeline.encoder_onnx import OnnxForward, onnx_available, require_onnx
 from pipeline.errors import PipelineInputError
 from pipeline.progress import bar
 
@@ -56,6 +57,31 @@ def _encoder_dtype(config: EncoderConfig, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if config.precision == "bf16" else torch.float32
 
 
+def resolve_runtime(config: EncoderConfig, device: torch.device) -> str:
+    """torch or onnx: ONNX Runtime (`encoder_onnx`) for fp32 and int8 on a CPU, where it is faster; PyTorch for bf16
+    (CUDA, AMX) and where ONNX Runtime is not installed."""
+    if config.precision == "int8":
+        if device.type != "cpu" or config.runtime == "torch":
+            raise PipelineInputError("encoder.precision: int8 runs under ONNX Runtime on the CPU only (encoder.device: cpu, "
+                                     "encoder.runtime: auto or onnx)")
+        require_onnx()
+        return "onnx"
+    if config.runtime == "onnx":
+        if device.type != "cpu" or _encoder_dtype(config, device) != torch.float32:
+            raise PipelineInputError("encoder.runtime: onnx runs fp32 or int8 on the CPU; use runtime torch for bf16 or CUDA")
+        require_onnx()
+        return "onnx"
+    if config.runtime == "auto" and device.type == "cpu" and _encoder_dtype(config, device) == torch.float32:
+        return "onnx" if onnx_available() else "torch"
+    return "torch"
+
+
+def precision_label(config: EncoderConfig, device: torch.device) -> str:
+    """What the vectors are computed in. fp32 is one label on both runtimes: their vectors agree to a cosine of
+    0.999999, so they share a cache."""
+    return "int8" if config.precision == "int8" else str(_encoder_dtype(config, device))
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bf16 natively: CUDA, or a CPU with AMX-BF16."""
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
@@ -91,7 +117,9 @@ def encoder_identity(config: EncoderConfig) -> str:
         except OSError as err:
             raise PipelineInputError(f"encoder.model: cannot load {source!r}: {str(err).splitlines()[0]}") from None
         digest.update(f"{source}@{getattr(hub_config, '_commit_hash', None)}".encode())
-    precision = _encoder_dtype(config, resolve_device(config.device))
+    device = resolve_device(config.device)
+    resolve_runtime(config, device)  # refuses an impossible runtime and precision before any data is read
+    precision = precision_label(config, device)
     digest.update(f"|{config.pooling}|{config.max_length}|{precision}".encode())
     return digest.hexdigest()[:24]
 
@@ -109,29 +137,37 @@ def _files_digest(files: tuple[tuple[Path, int, int], ...]) -> str:
 
 
 class TextEncoder:
-    """Tokenizer + AutoModel with length-sorted dynamic-padding batches, mean or CLS pooling, L2 normalization."""
+    """Tokenizer + encoder (PyTorch's AutoModel, or its ONNX export under ONNX Runtime) with length-sorted
+    dynamic-padding batches, mean or CLS pooling, L2 normalization."""
 
     def __init__(self, config: EncoderConfig):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         source = resolve_model_source(config.model)
         self.config = config
         self.device = resolve_device(config.device)
-        self.dtype = _encoder_dtype(config, self.device)
+        self.runtime = resolve_runtime(config, self.device)
+        self.precision = precision_label(config, self.device)
+        dtype = _encoder_dtype(config, self.device)
         # On GPU the weights themselves are bf16 (half the memory); on CPU they stay fp32 and autocast runs the matmuls
         # in bf16 while layer norms and softmax stay fp32, which keeps the embeddings within cosine 0.9999 of fp32.
-        self.cpu_autocast = self.device.type == "cpu" and self.dtype == torch.bfloat16
-        weights_dtype = torch.float32 if self.cpu_autocast else self.dtype
+        self.cpu_autocast = self.runtime == "torch" and self.device.type == "cpu" and dtype == torch.bfloat16
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
-            self.model = AutoModel.from_pretrained(source, dtype=weights_dtype)
+            self.dimension = int(AutoConfig.from_pretrained(source).hidden_size)
+            if self.runtime == "onnx":
+                folder = Path(config.cache_dir) / encoder_identity(config)
+                self._forward = OnnxForward(source, folder, config.precision == "int8", torch.get_num_threads())
+            else:
+                model = AutoModel.from_pretrained(source, dtype=torch.float32 if self.cpu_autocast else dtype)
+                model.to(self.device).eval()
+                self._forward = lambda batch: model(**batch).last_hidden_state
         except (OSError, ValueError) as err:
             raise PipelineInputError(f"encoder.model: cannot load {source!r}: {str(err).splitlines()[0]}") from None
-        self.model.to(self.device).eval()
 
-    @property
-    def dimension(self) -> int:
-        return int(self.model.config.hidden_size)
+    def __str__(self) -> str:
+        precision = {"torch.float32": "fp32", "torch.bfloat16": "bf16"}.get(self.precision, self.precision)
+        return f"{self.config.model} ({self.runtime}, {precision}, {self.device})"
 
     @torch.inference_mode()
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
@@ -146,13 +182,16 @@ class TextEncoder:
         output = np.zeros((len(texts), self.dimension), dtype=np.float32)
         batch_size = self.config.batch_size
         starts = range(0, len(texts), batch_size)
-        for start in bar(starts, progress, f"encode {len(texts):,} texts"):
+        tensors = "np" if self.runtime == "onnx" else "pt"
+        for start in bar(starts, progress, f"encode {len(texts):,} texts", unit="batch"):
             rows = order[start : start + batch_size]
-            batch = self.tokenizer.pad({"input_ids": [token_ids[i] for i in rows]}, return_tensors="pt")
-            batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
+            batch = self.tokenizer.pad({"input_ids": [token_ids[i] for i in rows]}, return_tensors=tensors)
+            if tensors == "pt":
+                batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast):
-                hidden = self.model(**batch).last_hidden_state
-            pooled = self._pool(hidden, batch["attention_mask"]).float()
+                hidden = self._forward(batch)
+            mask = torch.as_tensor(batch["attention_mask"]).to(hidden.device)
+            pooled = self._pool(hidden, mask).float()
             output[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
         return output
 
@@ -187,7 +226,7 @@ def _encode_missing(
     distributed.barrier()  # every rank has read the cache before any rank adds to it
     if missing:
         encoder = encoder or TextEncoder(config)
-        log.info("encoding %d texts with %s on %s (%s)", len(missing), config.model, encoder.device, encoder.dtype)
+        log.info("encoding %d texts with %s", len(missing), encoder)
         # Under torchrun each rank encodes every world-th text and all ranks receive all vectors; rank 0 stores them.
         vectors = distributed.map_sharded(
             lambda rows: list(encoder.encode([unique[missing[row]] for row in rows], progress=progress)), len(missing)
