@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 RUN_WRITES = [
     "write:config.resolved.yaml", "write:inputs.json", "write:checkpoint.pt", "write:model.safetensors",
     "write:catalog.json", "write:metrics.json", "write:history.jsonl", "write:recommendations.parquet",
-    "write:recommendations.csv", "write:manifest.json",
+    "write:recommendations.csv", "write:report.html", "write:manifest.json",
 ]
 PUBLISH_STEPS = [step for step in STEPS if step.startswith("publish:")] + ["write:latest"]
 RUN_STEPS = RUN_WRITES + PUBLISH_STEPS
@@ -33,8 +33,9 @@ RESUME_STEPS = [step for step in RUN_STEPS if step not in ("write:config.resolve
 NIGHT_STEPS = [
     "write:config.resolved.yaml", "write:inputs.json", "write:recommendations.parquet", "write:profiles.parquet",
     "write:model.safetensors", "write:catalog.json", "write:metrics.json", "write:history.jsonl", "write:summary.json",
-    "write:summary.md", "write:manifest.json", *PUBLISH_STEPS, "write:champion", "write:state.json", "write:history.csv",
-    *[step for step in STEPS if step.startswith("nightly:")],
+    "write:summary.md", "write:report.html", "write:manifest.json", *PUBLISH_STEPS, "write:champion", "write:state.json",
+    "write:history.csv", *[step for step in STEPS if step.startswith("nightly:")],
+    "write:report.html#2",  # the nightly root's page, after retention
 ]
 
 
@@ -50,7 +51,10 @@ def _killed_child(command: str, config: dict, fault: str, resume: str | None) ->
 @pytest.fixture(scope="module")
 def fork_server():
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["pipeline.recipes.run", "pipeline.recipes.nightly", "sklearn.metrics", "torch._dynamo", "tests.test_faults"])
+    context.set_forkserver_preload([
+        "pipeline.recipes.run", "pipeline.recipes.nightly", "pipeline.report.pages", "pipeline.report.nightly_page",
+        "sklearn.metrics", "torch._dynamo", "tests.test_faults",
+    ])
     return context
 
 

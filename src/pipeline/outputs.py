@@ -61,14 +61,14 @@ RUN_TIME_PATTERN = r"-\d{8}T\d{12}Z"
 # What a published folder holds, exactly (tests list the folders against these).
 RUN_FILES = frozenset({
     "config.resolved.yaml", "inputs.json", "run.log", "model.safetensors", "catalog.json", "metrics.json",
-    "history.jsonl", "recommendations.parquet", "manifest.json",
+    "history.jsonl", "recommendations.parquet", "manifest.json", "report.html",
 })  # + recommendations.csv with output.write_csv, + EMBEDDING_FILES with output.embeddings, + ITEM_TABLE with text
 EMBEDDING_FILES = ("item_embeddings.parquet", "user_embeddings.parquet")
 # The item text table of a model that reads texts, kept beside (not inside) the weights.
 ITEM_TABLE = "item_text_vectors.npy"
 COMPARE_FILES = frozenset({
     "config.resolved.yaml", "inputs.json", "run.log", "metrics.json", "history.jsonl", "leaderboard.csv",
-    "leaderboard.md", "manifest.json",
+    "leaderboard.md", "manifest.json", "report.html",
 })
 NIGHT_FILES = (RUN_FILES | {"profiles.parquet", "summary.json", "summary.md"})
 

@@ -18,6 +18,7 @@ from pipeline.models.registry import floor_configs
 from pipeline.outputs import LATEST_COMPARE, elapsed, markdown_table
 from pipeline.progress import show_progress
 from pipeline.recipes.context import RunContext
+from pipeline.report import write_compare_report
 from pipeline.storage import write_table
 
 log = logging.getLogger("pipeline")
@@ -69,6 +70,7 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
         output.write_jsonl("history.jsonl", histories)
         write_table(leaderboard, output.file("leaderboard.csv"))
         output.write_text("leaderboard.md", leaderboard_markdown(leaderboard, metrics["protocol"]))
+        write_compare_report(output.path)  # from the files above, before publishing
         run_dir = context.finish(data, encoding_stats, metrics)
     return CompareResult(run_dir, config, metrics, leaderboard)
 

@@ -19,6 +19,7 @@ from pipeline.models.registry import floor_configs
 from pipeline.outputs import CHECKPOINT, EMBEDDING_FILES
 from pipeline.progress import show_progress
 from pipeline.recipes.context import RunContext
+from pipeline.report import write_run_report
 from pipeline.retrieval import retrieval_vectors_of
 from pipeline.serving import embedding_tables, list_maker, recommendation_frame, save_trained, serving_lists
 from pipeline.storage import write_table
@@ -101,5 +102,6 @@ def run(
                     write_table(table, output.file(name))
             if config.output.write_csv:
                 write_table(recommendations, output.file("recommendations.csv"))
+            write_run_report(output.path)  # from the files above, before publishing: a broken report fails the run
         run_dir = context.finish(data, encoding_stats, metrics)
     return RunResult(run_dir, config, metrics, recommendations, history)

@@ -54,6 +54,7 @@ from pipeline.recipes.nightly.records import (
     remove_old_nights,
     summary_markdown,
 )
+from pipeline.report import REPORT, write_nightly_report, write_run_report
 from pipeline.serving import read_catalog, save_trained, serving_lists
 from pipeline.storage import file_fingerprint, follow, point, write_json_atomic, write_table
 from pipeline.training import StopRequest
@@ -109,6 +110,8 @@ def nightly(
             status = "bad_input" if isinstance(err, PipelineInputError) else "failed"
             append_history(root, {"night": None, "date": utc_now(), "status": status, "error": str(err)[:300]})
             raise
+        finally:
+            _refresh_report(root)  # every night's row, failed and nothing-new ones included
 
 
 def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest | None, started: float) -> NightResult:
@@ -185,6 +188,7 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
             }
             output.write_json("summary.json", summary)
             output.write_text("summary.md", summary_markdown(summary))
+            write_run_report(output.path)  # the night's own page, before publishing like its other files
         night_dir = context.finish(data, encoding, {"splits": splits}, {"decision": summary["status"], "training": training["mode"]})
     faults.reached("nightly:published")
 
@@ -210,6 +214,17 @@ def _night(config: Config, root: Path, progress: bool | None, stop: StopRequest 
     append_history(root, history_row(summary))
     remove_old_nights(root, config.nightly.keep_nights, set(promoted))
     return NightResult(summary["status"], night_dir, summary)
+
+
+def _refresh_report(root: Path) -> None:
+    """The root's report.html over history.csv and the nights on disk. Like history.csv it reports on the nights,
+    it is not state: a failure is logged (with its traceback: a broken report is a bug), never a failed night."""
+    if not root.is_dir():
+        return
+    try:
+        write_nightly_report(root)
+    except Exception as err:
+        log.error("%s: not updated: %s", root / REPORT, clip(str(err)), exc_info=True)
 
 
 # ---- what is new ---------------------------------------------------------------------------------------------------
