@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -71,6 +72,24 @@ def tiny_config(tiny_data, embedding_cache, tmp_path) -> dict:
     return tiny_config_dict(tiny_data, tmp_path / "runs", embedding_cache)
 
 
+def write_successor_log(folder: Path, n_items: int = 100, n_users: int = 150, length: int = 12) -> Path:
+    """A planted signal: each item has a hidden successor that follows it 90% of the time (events.csv with columns
+    user, item, time, stars; items.csv with item, title, kind)."""
+    rng = np.random.default_rng(0)
+    successor = rng.permutation(n_items)
+    rows = []
+    for user in range(n_users):
+        item = int(rng.integers(n_items))
+        for step in range(length):
+            rows.append((user, item, 1_600_000_000 + 60 * step, float(1 + item % 5)))
+            item = int(successor[item]) if rng.random() < 0.9 else int(rng.integers(n_items))
+    pd.DataFrame(rows, columns=["user", "item", "time", "stars"]).to_csv(folder / "events.csv", index=False)
+    pd.DataFrame(
+        {"item": range(n_items), "title": [f"item number {i}" for i in range(n_items)], "kind": [f"k{i % 4}" for i in range(n_items)]}
+    ).to_csv(folder / "items.csv", index=False)
+    return folder
+
+
 # ---- hand-written logs: one "user,item,timestamp" row per event ----------------------------------------------------
 
 
@@ -125,3 +144,14 @@ def pipeline_logger_restored():
     yield
     logger.handlers[:] = handlers
     logger.setLevel(level)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs one worker per core) each worker computes on one thread: two workers of
+    two threads each on two cores would spend their time descheduling each other."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

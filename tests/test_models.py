@@ -4,7 +4,6 @@ Popularity is nearly uniform here, so it can only guess; a sequence model that r
 """
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -13,27 +12,12 @@ from pipeline.config import load_config
 from pipeline.config_models import model_section
 from pipeline.data import TEST, load_data, prepare
 from pipeline.models import Catalog, build_model
-
-N_ITEMS, N_USERS, LENGTH = 100, 150, 12
+from tests.conftest import write_successor_log
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("synthetic")
-    rng = np.random.default_rng(0)
-    successor = rng.permutation(N_ITEMS)
-    rows = []
-    for user in range(N_USERS):
-        item = int(rng.integers(N_ITEMS))
-        for step in range(LENGTH):
-            rows.append((user, item, 1_600_000_000 + 60 * step, float(1 + item % 5)))
-            # 90% of the time the hidden successor, otherwise a random jump.
-            item = int(successor[item]) if rng.random() < 0.9 else int(rng.integers(N_ITEMS))
-    pd.DataFrame(rows, columns=["user", "item", "time", "stars"]).to_csv(folder / "events.csv", index=False)
-    pd.DataFrame(
-        {"item": range(N_ITEMS), "title": [f"item number {i}" for i in range(N_ITEMS)], "kind": [f"k{i % 4}" for i in range(N_ITEMS)]}
-    ).to_csv(folder / "items.csv", index=False)
-    return folder
+    return write_successor_log(tmp_path_factory.mktemp("synthetic"))
 
 
 SEQUENCE_KEYS = {"item_representation": "id", "hidden_size": 32, "dropout": 0.1, "max_length": 16}

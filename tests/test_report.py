@@ -1,6 +1,6 @@
 """report.html of a run, a comparison and a nightly root: every expected figure is an embedded PNG, every number in
-its tables is the one in the file it names (metrics.json, history.jsonl, leaderboard.csv, history.csv, a night's
-summary.json), the popularity deciles match a hand count, and the page needs nothing outside itself."""
+its tables is the one in the file it names (metrics.json, history.jsonl, leaderboard.csv, history.csv, trials.csv, a
+night's summary.json), the popularity deciles match a hand count, and the page needs nothing outside itself."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from safetensors.numpy import load_file
 
 import pipeline
 from pipeline.outputs import COMPARE_FILES, RUN_FILES
-from pipeline.report import REPORT, write_nightly_report, write_run_report
+from pipeline.report import REPORT, write_nightly_report, write_run_report, write_tune_report
 from tests.conftest import load_benchmark_nightly, tiny_config_dict
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -251,3 +251,71 @@ def test_a_nightly_report_shows_the_trend_the_served_lists_and_interest_drift(tm
     assert "report.html: not updated: chart on fire" in caplog.text
     write_nightly_report(root)
     assert len(Report(root / REPORT).rows("history")) == 5
+
+
+def _tune_folder(folder: Path) -> Path:
+    """A search folder written by hand (no training): four trials, one pruned and one failed, selected at K=5."""
+    folder.mkdir()
+    pd.DataFrame({
+        "trial": [0, 1, 2, 3], "state": ["complete", "complete", "pruned", "fail"],
+        "valid_ndcg@5": [0.1012, 0.13456, 0.0721, math.nan], "epochs": [3, 3, 2, 0],
+        "seconds": [4.123, 3.98, 2.5, 0.31], "param:train.learning_rate": [0.01, 0.00234567, 0.04, 0.2],
+        "param:model.dropout": [0.1, 0.31, 0.45, 0.02], "param:model.hidden_size": [16, 32, 16, 32],
+        "error": ["", "", "", "training diverged at epoch 1: the loss is not finite"],
+    }).to_csv(folder / "trials.csv", index=False)
+    scores = {0: [0.08, 0.1012, 0.099], 1: [0.11, 0.12, 0.13456], 2: [0.07, 0.0721]}
+    lines = [{"trial": trial, "epoch": epoch, "loss_item": 5.0 - epoch, "valid_ndcg@5": value, "valid_hit_rate@5": 2 * value}
+             for trial, values in scores.items() for epoch, value in enumerate(values, start=1)]
+    (folder / "history.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    at_k = {f"{family}@{k}": round(0.01 * k + 0.001 * index, 6)
+            for index, family in enumerate(("hit_rate", "ndcg", "mrr", "precision", "recall")) for k in (5, 10)}
+    split = {"transformer": {**at_k, "coverage@5": 0.31, "coverage@10": 0.42, "coverage": 0.5, "users": 40}}
+    (folder / "metrics.json").write_text(json.dumps({
+        "protocol": {"split": "leave_last_out", "n_items": 60, "users_evaluated": {"valid": 40, "test": 40},
+                     "exclude_seen": True, "model_selection": "valid ndcg@5"},
+        "best_trial": 1, "best_params": {"train.learning_rate": 0.00234567, "model.dropout": 0.31, "model.hidden_size": 32},
+        "splits": {"valid": split, "test": split},
+    }))
+    (folder / "config.resolved.yaml").write_text(
+        "name: tiny\ntune:\n  trials: 4\n  pruning: true\n  startup_trials: 2\n  timeout: null\n  space:\n"
+        "    train.learning_rate: {low: 0.001, high: 0.3, log: true}\n    model.dropout: {low: 0.0, high: 0.5}\n"
+        "    model.hidden_size: {choices: [16, 32]}\n")
+    (folder / "best_config.yaml").write_text("name: tiny\ntrain:\n  learning_rate: 0.00234567\n")
+    return folder
+
+
+def test_a_tune_report_shows_the_search_and_the_stored_numbers(tmp_path):
+    folder = _tune_folder(tmp_path / "tiny-tune")
+    report = Report(write_tune_report(folder))
+    assert 'data-report="tune"' in report.text
+    assert_self_contained(report, {"trials", "curves", "parameters", "metrics-at-k", "coverage"})
+    assert assert_numbers_match(report) > 60
+    trials = pd.read_csv(folder / "trials.csv")
+    # The trials table: every row in the file's order, a number cell for every numeric column, the text columns as text.
+    rows = report.rows("trials")
+    assert [row[:2] for row in rows] == [[str(trial), state] for trial, state in zip(trials["trial"], trials["state"])]
+    assert rows[3][-1] == trials.loc[3, "error"] and rows[3][2] == "n/a"
+    cells = {tuple(json.loads(cell["data-path"])) for cell in cells_of(report, "trials")}
+    assert cells == {(row, column) for row in range(4) for column in trials.columns if column not in ("state", "error")}
+    assert {cell["data-source"] for cell in cells_of(report, "trials")} == {"trials.csv"}
+    # The headline: the best trial (metrics.json's) beside trial 0, both scores from trials.csv, and the gain.
+    headline = cells_of(report, "headline")
+    scores = {json.loads(cell["data-path"])[0]: cell["text"] for cell in headline
+              if cell.get("data-path") and json.loads(cell["data-path"])[1] == "valid_ndcg@5"}
+    assert scores == {0: "0.1012", 1: "0.1346"}
+    gain = next(cell for cell in headline if cell.get("data-derived") == "gain-over-trial-0")
+    assert float(gain["text"]) == pytest.approx(0.13456 - 0.1012, abs=5e-5)
+    assert "Trial 1 scored valid ndcg@5 0.1346, against 0.1012 for trial 0" in report.text
+    # A setting keeps the digits it needs: 0.00234567 is not shown as 0.0023.
+    learning_rates = [cell["text"] for cell in cells_of(report, "trials")
+                      if json.loads(cell["data-path"])[1] == "param:train.learning_rate"]
+    assert learning_rates[1] == "0.00235"
+    # The best trial's metrics at every K, from metrics.json: each stored test metric on the page.
+    metrics = json.loads((folder / "metrics.json").read_text())
+    shown = {tuple(json.loads(cell["data-path"])) for cell in report.cells if cell.get("data-source") == "metrics.json"}
+    assert {("splits", "test", "transformer", name) for name in metrics["splits"]["test"]["transformer"]} <= shown
+    # Where the config's own settings win, the headline shows trial 0 alone, with its settings.
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "best_trial": 0}))
+    report = Report(write_tune_report(folder))
+    assert {json.loads(cell["data-path"])[0] for cell in cells_of(report, "headline")} == {0}
+    assert len(cells_of(report, "headline")) == 6 and "own settings, scored best: valid ndcg@5 0.1012" in report.text

@@ -1,6 +1,6 @@
 """pipeline: learn what users are interested in from behavior logs and recommend what they will want next.
 
-End to end: `pipeline.run("configs/quickstart.yaml")`, `pipeline.compare(...)`, every night `pipeline.nightly(...)`.
+End to end: `pipeline.run("configs/quickstart.yaml")`, `pipeline.compare(...)`, `pipeline.tune(...)`, every night `pipeline.nightly(...)`.
 Stage by stage: load_config -> load_data -> prepare -> encode -> build -> train -> evaluate; afterwards load_run /
 recommend.
 
@@ -17,6 +17,7 @@ _EXPORTS = {
     **dict.fromkeys(["RunResult", "run"], "pipeline.recipes.run"),
     **dict.fromkeys(["CompareResult", "compare"], "pipeline.recipes.compare"),
     **dict.fromkeys(["NightResult", "nightly"], "pipeline.recipes.nightly"),
+    **dict.fromkeys(["TuneResult", "tune"], "pipeline.recipes.tune"),
     **dict.fromkeys(["RunContext"], "pipeline.recipes.context"),
     **dict.fromkeys(["LoadedRun", "load_run", "recommend"], "pipeline.serving"),
     **dict.fromkeys(["Config", "load_config"], "pipeline.config"),

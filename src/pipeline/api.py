@@ -26,6 +26,7 @@ from pipeline.evaluation import Validator, evaluate_model
 from pipeline.models import Catalog, Recommender, build_model, uses_text
 from pipeline.models.base import repeat_share_of
 from pipeline.outputs import check_output_root
+from pipeline.progress import show_progress
 from pipeline.ranking import ListPolicy, Rankings
 from pipeline.schema import ModelSection
 from pipeline.tracking import check_backends
@@ -94,12 +95,14 @@ def train(
 
 
 def evaluate(
-    model: Recommender, data: PreparedData, config: Config, split: str, cases: EvalCases | None = None
+    model: Recommender, data: PreparedData, config: Config, split: str, cases: EvalCases | None = None,
+    progress: bool | None = False,
 ) -> tuple[dict, Rankings]:
-    """Every metric of `model` on `split` (or on `cases`, a part of it)."""
+    """Every metric of `model` on `split` (or on `cases`, a part of it); `progress`: a bar of the users ranked (None:
+    on a terminal, not under CI)."""
     return evaluate_model(
         model, data.eval_cases(split) if cases is None else cases, data.item_categories, data.n_items, config.eval.ks,
-        list_policy(config), config.eval.user_batch_size, config.output.top_k, data.cold_items,
+        list_policy(config), config.eval.user_batch_size, config.output.top_k, data.cold_items, show_progress(progress),
     )
 
 

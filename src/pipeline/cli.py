@@ -1,4 +1,4 @@
-"""`python -m pipeline {run,compare,validate,recommend}`: bad input is one line on stderr and exit code 2."""
+"""`python -m pipeline {run,compare,tune,nightly,validate,recommend}`: bad input is one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("config", type=Path, help="YAML config file with a compare section")
     compare.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bars (default: on a terminal, not under CI)")
+
+    tune = commands.add_parser(
+        "tune", parents=[common, overrides],
+        help="search tune.space with Optuna on validation; write best_config.yaml and the trials",
+    )
+    tune.add_argument("config", type=Path, help="YAML config file with a tune section")
+    tune.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="progress bars (default: on a terminal, not under CI)")
+    tune.add_argument("--resume", metavar="PARTIAL_DIR|auto",
+                      help="continue an interrupted search (its .partial folder, or auto: the newest)")
 
     nightly = commands.add_parser(
         "nightly", parents=[common, overrides],
@@ -107,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped by {args.stop.reason} after {stopped.finished_epochs} finished epoch(s); nothing was published; {advice}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("interrupted: nothing was published", file=sys.stderr)
+        kept = f"; the finished trials are kept: continue with {program_name()} tune {args.config} --resume auto"
+        print(f"interrupted: nothing was published{kept if args.command == 'tune' else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:
         if args.debug:
@@ -176,6 +187,17 @@ def _compare(args) -> int:
     return EXIT_OK
 
 
+def _tune(args) -> int:
+    from pipeline.recipes.tune import tune
+
+    result = tune(args.config, args.overrides, progress=args.progress, resume=args.resume)
+    columns = [column for column in result.trials.columns if column != "error"]
+    print(result.trials[columns].to_string(index=False))
+    print(f"best: trial {result.metrics['best_trial']} {result.metrics['best_params']}")
+    print(result.run_dir / "best_config.yaml")
+    return EXIT_OK
+
+
 def _validate(args) -> int:
     from pipeline.api import validate
 
@@ -210,7 +232,7 @@ def _recommend(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _run, "compare": _compare, "nightly": _nightly, "validate": _validate, "recommend": _recommend}
+COMMANDS = {"run": _run, "compare": _compare, "tune": _tune, "nightly": _nightly, "validate": _validate, "recommend": _recommend}
 
 
 def keep_freed_memory() -> None:

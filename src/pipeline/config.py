@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pipeline.config_data import DataConfig
 from pipeline.config_files import apply_override, describe_errors, dump_yaml, read_yaml, resolve_paths
 from pipeline.config_models import MOVED_KEYS, ModelConfig, upgrade_stored
+from pipeline.config_tune import TuneConfig, check_space
 from pipeline.errors import PipelineInputError, shorten
 from pipeline.schema import MAX_SEED, ModelSection, Section
 
@@ -235,6 +236,12 @@ class Config(Section):
     output: OutputConfig = OutputConfig()
     nightly: NightlyConfig = NightlyConfig()
     logging: LoggingConfig = LoggingConfig()
+    tune: TuneConfig = TuneConfig()
+
+    @model_validator(mode="after")
+    def _tune_space_names_settings(self):
+        check_space(self.tune.space, {"model": self.model, "train": self.train})
+        return self
 
     @model_validator(mode="after")
     def _target_types_need_event_column(self):

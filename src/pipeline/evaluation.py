@@ -109,16 +109,16 @@ class Validator:
 @torch.inference_mode()
 def evaluate_model(
     model, cases: EvalCases, item_categories: list[np.ndarray], n_items: int, ks: list[int], policy: ListPolicy,
-    user_batch_size: int, list_length: int, cold_items: np.ndarray | None = None,
+    user_batch_size: int, list_length: int, cold_items: np.ndarray | None = None, progress: bool = False,
 ) -> tuple[dict[str, float], Rankings]:
-    """Every metric of one model on one split, and the top lists it produced.
+    """Every metric of one model on one split, and the top lists it produced (`progress`: a bar of users ranked).
 
     With `cold_items`, ranking metrics are also reported as `cold_*` over the users whose next item is cold.
     """
     ranker = Ranker.for_model(model, policy)
     events, local = cases.history_events, cases.rank_local
     rankings = rank_users(
-        model, cases.histories, cases.targets, max(max(ks), list_length), ranker, user_batch_size, events, local
+        model, cases.histories, cases.targets, max(max(ks), list_length), ranker, user_batch_size, events, local, progress
     )
     # Per-user facts of every rank's users, in the order the gathered results come in.
     next_items = np.array(gather_rows(cases.next_items, local), dtype=np.int64)

@@ -53,8 +53,14 @@ log = logging.getLogger("pipeline")
 LATEST = "latest"
 # Where `compare` points: its folders hold no model, so `latest` (what `load_run` and `recommend` follow) never leads there.
 LATEST_COMPARE = "latest-compare"
+# Where `tune` points (its folders hold no model either).
+LATEST_TUNE = "latest-tune"
 PARTIAL_MARK = ".partial-"
 CHECKPOINT = "checkpoint.pt"
+# A tune search's trials (Optuna's SQLite store), kept in the published folder too.
+TRIALS = "trials.db"
+# What a stopped run's folder is kept (and can be resumed) for: an epoch checkpoint, or a search's trials.
+RESUMABLE_STATE = (CHECKPOINT, TRIALS)
 # A run's folder name: <name>-<UTC time to the microsecond>.
 RUN_TIME_PATTERN = r"-\d{8}T\d{12}Z"
 
@@ -69,6 +75,10 @@ ITEM_TABLE = "item_text_vectors.npy"
 COMPARE_FILES = frozenset({
     "config.resolved.yaml", "inputs.json", "run.log", "metrics.json", "history.jsonl", "leaderboard.csv",
     "leaderboard.md", "manifest.json", "report.html",
+})
+TUNE_FILES = frozenset({
+    "config.resolved.yaml", "inputs.json", "run.log", "metrics.json", "history.jsonl", TRIALS, "trials.csv",
+    "best_config.yaml", "manifest.json", "report.html",
 })
 NIGHT_FILES = (RUN_FILES | {"profiles.parquet", "summary.json", "summary.md"})
 
@@ -146,8 +156,8 @@ class RunDirectory:
         return self.final_path
 
     def abort(self) -> None:
-        """Remove the partial folder, unless it holds an epoch checkpoint to resume from."""
-        if self.file(CHECKPOINT).is_file() and not self.scratch:
+        """Remove the partial folder, unless it holds an epoch checkpoint or a search's trials to resume from."""
+        if _resumable(self.path) and not self.scratch:
             log.warning("kept %s: resume it with --resume %s", self.path, self.path)
             return
         shutil.rmtree(self.path, ignore_errors=True)
@@ -272,7 +282,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def resumable_partials(root: Path, name: str) -> list[Path]:
-    """Partial folders of exactly `name` whose run has ended (process gone, or this one) and which hold a checkpoint."""
+    """Partial folders of exactly `name` whose run has ended (process gone, or this one) and which hold a checkpoint
+    (or a search's trials)."""
     pattern = re.compile(rf"\.{re.escape(name)}{RUN_TIME_PATTERN}{re.escape(PARTIAL_MARK)}")
     folders = []
     for folder in root.resolve().glob(f".{name}-*{PARTIAL_MARK}*"):
@@ -280,7 +291,7 @@ def resumable_partials(root: Path, name: str) -> list[Path]:
         if not pattern.match(folder.name) or owner is None:
             continue
         ended = owner[0] == os.getpid() or not process_alive(*owner)
-        if ended and (folder / CHECKPOINT).is_file():
+        if ended and _resumable(folder):
             folders.append(folder)
     return folders
 
@@ -299,11 +310,15 @@ def _partial_owner(folder: Path) -> tuple[int, int | None] | None:
     return int(pid), int(started) if started.isascii() and started.isdigit() else None
 
 
+def _resumable(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in RESUMABLE_STATE)
+
+
 def _remove_abandoned_partials(root: Path) -> None:
     """Partial folders of dead processes, except those that can still be resumed."""
     for folder in root.glob(f".*{PARTIAL_MARK}*"):
         owner = _partial_owner(folder)
-        if owner is not None and not process_alive(*owner) and not (folder / CHECKPOINT).is_file():
+        if owner is not None and not process_alive(*owner) and not _resumable(folder):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -22,6 +22,7 @@ import torch
 
 from pipeline.distributed import map_sharded
 from pipeline.errors import PipelineInputError
+from pipeline.progress import bar
 
 # Below this share of training events that return to an item already in the user's history, people are taken not to
 # come back (MovieLens: 0, nobody rates a movie twice).
@@ -166,17 +167,18 @@ class Ranker:
 @torch.inference_mode()
 def rank_users(
     model, histories: list[np.ndarray], targets: list[np.ndarray] | None, list_length: int, ranker: Ranker,
-    user_batch_size: int, events: list[np.ndarray] | None = None, rank_local: bool = False,
+    user_batch_size: int, events: list[np.ndarray] | None = None, rank_local: bool = False, progress: bool = False,
 ) -> Rankings:
     """Score the full catalog for users in chunks; rank the targets and keep each user's top `list_length` items.
 
     Under torchrun the users are split across ranks and the results gathered, so every rank returns all of them
-    (with `rank_local`, the users are already this rank's own: see `map_sharded`).
+    (with `rank_local`, the users are already this rank's own: see `map_sharded`). `progress` shows a bar of users.
     """
 
     def rank_rows(rows: list[int]) -> list:
         results = []
         start, chunk_size = 0, 1  # the first user shows the catalog size, which sets the chunk size
+        users = bar(None, progress, f"rank {type(model).__name__}", total=len(rows), unit="user")
         while start < len(rows):
             chunk_rows = rows[start : start + chunk_size]
             chunk = [histories[row] for row in chunk_rows]
@@ -186,7 +188,9 @@ def rank_users(
                 raise NonFiniteScores(f"{type(model).__name__} scored items NaN: its weights are not finite numbers")
             results.extend(ranker.rank(scores, chunk, chunk_targets, list_length))
             start += len(chunk)
+            users.update(len(chunk))
             chunk_size = max(1, min(user_batch_size, SCORE_BUDGET // scores.shape[1]))
+        users.close()
         return results
 
     per_user = map_sharded(rank_rows, len(histories), rank_local)

@@ -64,7 +64,7 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
                 log.info("%s weights fitted on validation: %s", label, metrics["fusion_weights"][label])
             histories.extend({"model": label, **record} for record in history)
             trained[label] = model
-            rows.append(_leaderboard_row(label, model, data, config, metrics, context.timings[f"train:{label}"]))
+            rows.append(_leaderboard_row(label, model, data, config, metrics, context.timings[f"train:{label}"], progress))
         leaderboard = pd.DataFrame(rows).sort_values(f"test_{selection}", ascending=False, kind="stable")
         output.write_json("metrics.json", metrics)
         output.write_jsonl("history.jsonl", histories)
@@ -75,12 +75,14 @@ def compare(config_or_path: str | Path | dict | Config, overrides: list[str] | N
     return CompareResult(run_dir, config, metrics, leaderboard)
 
 
-def _leaderboard_row(label: str, model, data: PreparedData, config: Config, metrics: dict, train_seconds: float) -> dict:
+def _leaderboard_row(
+    label: str, model, data: PreparedData, config: Config, metrics: dict, train_seconds: float, progress: bool | None
+) -> dict:
     row = {"model": label}
     selection = f"ndcg@{config.eval.select_k}"
     for split in (VALID, TEST):
         started = time.perf_counter()
-        metrics["splits"][split][label], _ = evaluate(model, data, config, split)
+        metrics["splits"][split][label], _ = evaluate(model, data, config, split, progress=progress)
         if split == VALID:
             row[f"valid_{selection}"] = metrics["splits"][VALID][label][selection]
     row.update({f"test_{name}": value for name, value in metrics["splits"][TEST][label].items()})

@@ -78,7 +78,7 @@ def run(
                     train(candidate, data, config)
             for split in (VALID, TEST):
                 for name, candidate in models.items():
-                    metrics["splits"][split][name], rankings = evaluate(candidate, data, config, split)
+                    metrics["splits"][split][name], rankings = evaluate(candidate, data, config, split, progress=progress)
                     if split == TEST and candidate is model and config.output.users == "test":
                         cases = data.eval_cases(TEST)
                         lists = list_maker(model, config, cases.rank_local)

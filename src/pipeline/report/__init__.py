@@ -1,14 +1,14 @@
 """`report.html`: a self-contained page (inline CSS, PNG charts as data URIs, no script, no network) a person
-reads after a run, a comparison or a night.
+reads after a run, a comparison, a search or a night.
 
 Each writer reads only the files already in the folder, so a report can be rebuilt later for any folder on disk:
 
     from pipeline.report import write_run_report
     write_run_report("runs/latest")
 
-The recipes write it last, before publishing (`run`, `compare`, each night's folder: a broken report is a bug and
-fails the run like any other file), and after each night at the nightly root (like history.csv, a report of the
-nights: a failure there is logged, never a failed night). The page's tables name the file and key each number was
+The recipes write it last, before publishing (`run`, `compare`, `tune`, each night's folder: a broken report is a
+bug and fails the run like any other file), and after each night at the nightly root (like history.csv, a report of
+the nights: a failure there is logged, never a failed night). The page's tables name the file and key each number was
 read from (see `pipeline.report.html`). matplotlib is imported on the first report, not with the package.
 """
 
@@ -20,7 +20,7 @@ from pipeline.storage import write_atomic
 
 REPORT = "report.html"
 
-__all__ = ["REPORT", "write_compare_report", "write_nightly_report", "write_run_report"]
+__all__ = ["REPORT", "write_compare_report", "write_nightly_report", "write_run_report", "write_tune_report"]
 
 
 def write_run_report(run_dir: str | Path) -> Path:
@@ -39,6 +39,16 @@ def write_compare_report(compare_dir: str | Path) -> Path:
 
     folder = Path(compare_dir)
     return write_atomic(folder / REPORT, compare_page(folder))
+
+
+def write_tune_report(tune_dir: str | Path) -> Path:
+    """Write `report.html` into a search folder (`pipeline tune`): the best trial beside trial 0 (the config's own
+    settings), the score per trial, validation curves per trial, each searched setting against the score, the trials
+    table, the best trial's metrics at every K and coverage. Returns its path."""
+    from pipeline.report.tune_page import tune_page
+
+    folder = Path(tune_dir)
+    return write_atomic(folder / REPORT, tune_page(folder))
 
 
 def write_nightly_report(root: str | Path) -> Path:
