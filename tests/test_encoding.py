@@ -201,3 +201,11 @@ def test_impossible_runtime_settings_are_refused(tmp_path, monkeypatch):
         encoder_identity(EncoderConfig(cache_dir=str(tmp_path), precision="int8", device="cpu"))
     fallback = EncoderConfig(cache_dir=str(tmp_path), precision="fp32", device="cpu")
     assert TextEncoder(fallback).runtime == "torch"  # auto without ONNX Runtime: PyTorch
+
+
+def test_the_int8_export_leaves_the_root_logger_alone(tmp_path):
+    import logging
+
+    before = list(logging.getLogger().handlers)
+    TextEncoder(EncoderConfig(cache_dir=str(tmp_path), precision="int8", device="cpu"))
+    assert logging.getLogger().handlers == before  # else every pipeline log line prints twice

@@ -104,7 +104,10 @@ def export(source: str, model_file: Path, quantized: bool) -> None:
 
             # MatMuls with constant weights only: the attention's activation-by-activation products and the embedding
             # lookups stay fp32, which keeps the vectors near the fp32 ones (lowest cosine ~0.98 against ~0.92).
-            logging.disable(logging.WARNING)  # its root-logger advice on pre-processing concerns image models
+            # It advises on pre-processing (for image models) through `logging.warning`, which also installs a
+            # handler on the root logger: the pipeline's log lines would then print twice.
+            root_handlers = list(logging.getLogger().handlers)
+            logging.disable(logging.WARNING)
             try:
                 quantize_dynamic(
                     exported, Path(scratch) / "int8.onnx", weight_type=QuantType.QInt8, per_channel=True,
@@ -112,5 +115,6 @@ def export(source: str, model_file: Path, quantized: bool) -> None:
                 )
             finally:
                 logging.disable(logging.NOTSET)
+                logging.getLogger().handlers[:] = root_handlers
             exported = Path(scratch) / "int8.onnx"
         write_atomic(model_file, exported.read_bytes())
