@@ -9,6 +9,11 @@ from tests.conftest import REPO, tiny_config_dict, write_yaml
 pytestmark = pytest.mark.slow  # subprocesses and real training: the full suite, not the fast tier
 
 
+def tagged(notebook, tag: str) -> list:
+    """The code cells carrying `tag` in their metadata (the notebook marks its figure and recommend cells)."""
+    return [cell for cell in notebook.cells if cell.cell_type == "code" and tag in cell.metadata.get("tags", [])]
+
+
 def test_quickstart_notebook_executes(tiny_data, embedding_cache, tmp_path, monkeypatch):
     config = tiny_config_dict(tiny_data, tmp_path / "runs", embedding_cache)
     config["train"]["epochs"] = 1
@@ -22,3 +27,12 @@ def test_quickstart_notebook_executes(tiny_data, embedding_cache, tmp_path, monk
     # The run the notebook made is the tiny config's (the notebook read the variable), complete and loadable.
     latest = (tmp_path / "runs" / "latest").resolve()
     assert latest.name.startswith("tiny-") and (latest / "metrics.json").is_file()
+    # The training curve and the report's charts are shown inline as images.
+    figures = tagged(notebook, "figure")
+    assert len(figures) == 2
+    for cell in figures:
+        assert any("image/png" in output.get("data", {}) for output in cell.outputs), cell.source[:80]
+    # The new user's list is shown as a table, joined with the titles of the tiny catalog.
+    (recommend,) = tagged(notebook, "recommend")
+    tables = [output.data["text/html"] for output in recommend.outputs if "text/html" in output.get("data", {})]
+    assert tables and "<table" in tables[-1] and "title" in tables[-1] and "new-user" in tables[-1]
