@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +160,121 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(1)
+
+
+# ---- pipeline commands in their own processes, forked from a server that imported the pipeline once ----------------
+
+# Imported once by the fork server: every process it forks starts with them, so a command costs its work, not the
+# ~10 s an interpreter spends importing torch, transformers, matplotlib and the pipeline on two busy cores.
+FORK_PRELOAD = [
+    "pipeline.cli", "pipeline.recipes.run", "pipeline.recipes.nightly", "pipeline.report.pages",
+    "pipeline.report.nightly_page", "pipeline.encoder_onnx", "transformers", "onnxruntime", "torch._dynamo",
+    "tests.conftest",
+]
+
+
+@pytest.fixture(scope="session")
+def fork_server():
+    """The multiprocessing context whose processes fork from the preloaded server (one per test worker)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(FORK_PRELOAD)
+    return context
+
+
+def one_thread_under_xdist() -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def _command_child(args: list[str], env: dict, cwd: str, stdout: str, stderr: str) -> None:
+    """`python -m pipeline ARGS` in a forked process: the same `cli.main`, its output in two files."""
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    os.chdir(cwd)
+    for descriptor, path in ((1, stdout), (2, stderr)):
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(handle, descriptor)
+        os.close(handle)
+    one_thread_under_xdist()
+    from pipeline.cli import main
+
+    sys.argv = [str(REPO / "src" / "pipeline" / "__main__.py"), *args]
+    try:
+        code = main(args)
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
+class CommandProcess:
+    """A running `pipeline` command with the parts of `subprocess.Popen` the tests use; returncode is negative for
+    a process ended by a signal, as Popen's is."""
+
+    def __init__(self, context, args, env: dict | None, cwd: Path, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self._out, self._err = folder / "stdout", folder / "stderr"
+        self._process = context.Process(
+            target=_command_child, args=([str(arg) for arg in args], env or {}, str(cwd), str(self._out), str(self._err)),
+        )
+        self._process.start()
+        self.pid = self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            self.kill()
+            raise TimeoutError(f"pipeline command {self.pid} still running after {timeout} s")
+        return self._process.exitcode
+
+    def send_signal(self, number: int) -> None:
+        os.kill(self.pid, number)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = 600) -> tuple[str, str]:
+        self.wait(timeout)
+        return self._out.read_text(errors="replace"), self._err.read_text(errors="replace")
+
+
+class CompletedCommand:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture(scope="session")
+def pipeline_command(fork_server, tmp_path_factory):
+    """`start(*args, env=..., cwd=...)` starts `python -m pipeline ARGS` in a forked process (a CommandProcess);
+    `start(...).communicate()` or `run(*args)` waits for it. `env` adds variables (None removes one)."""
+    outputs = tmp_path_factory.mktemp("command-output")
+    counter = iter(range(10**9))
+
+    class Commands:
+        @staticmethod
+        def start(*args, env: dict | None = None, cwd: Path = REPO) -> CommandProcess:
+            return CommandProcess(fork_server, args, env, cwd, outputs / str(next(counter)))
+
+        @staticmethod
+        def run(*args, env: dict | None = None, cwd: Path = REPO, timeout: float = 600) -> CompletedCommand:
+            process = Commands.start(*args, env=env, cwd=cwd)
+            stdout, stderr = process.communicate(timeout)
+            return CompletedCommand(process.returncode, stdout, stderr)
+
+    return Commands

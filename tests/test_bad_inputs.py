@@ -4,8 +4,6 @@ documented, logged handling."""
 
 import math
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from pipeline.config import load_config
 from pipeline.data import load_data, prepare
 from pipeline.models import Catalog, build_model
 from pipeline.outputs import load_model_state, save_model
-from tests.conftest import REPO, write_yaml
+from tests.conftest import write_yaml
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 JSONL = {"path": None, "format": "jsonl"}
@@ -265,13 +263,10 @@ def test_a_one_megabyte_text_field_is_cut_and_logged(tiny_config, tmp_path, capl
 
 
 @pytest.mark.slow
-def test_cli_bad_input_is_exit_2_one_line_nothing_written(tiny_config, tmp_path):
+def test_cli_bad_input_is_exit_2_one_line_nothing_written(tiny_config, tmp_path, pipeline_command):
     tiny_config["data"]["interactions"]["path"] = str(CORPUS / "ragged_row.csv")
     config_path = write_yaml(tmp_path / "bad.yaml", tiny_config)
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", str(config_path)], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
-    )
+    result = pipeline_command.run("run", config_path, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
     assert "ragged_row.csv: malformed CSV" in result.stderr

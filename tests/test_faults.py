@@ -5,7 +5,6 @@ temporary file (each lists exactly its documented files), and the next run succe
 forked from a server that has imported the pipeline once, so a kill costs the work, not another interpreter start.
 """
 
-import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +15,7 @@ import pipeline
 from pipeline.faults import ENVIRONMENT_VARIABLE, STEPS
 from pipeline.outputs import LATEST, NIGHT_FILES, RUN_FILES
 from pipeline.recipes.nightly.records import CHAMPION, read_state
-from tests.conftest import load_benchmark_nightly, tiny_config_dict
+from tests.conftest import load_benchmark_nightly, one_thread_under_xdist, tiny_config_dict
 
 benchmark_nightly = load_benchmark_nightly()
 
@@ -41,21 +40,12 @@ NIGHT_STEPS = [
 
 def _killed_child(command: str, config: dict, fault: str, resume: str | None) -> None:
     os.environ[ENVIRONMENT_VARIABLE] = fault
+    one_thread_under_xdist()
     if command == "nightly":
         pipeline.nightly(config)
     else:
         pipeline.run(config, resume=resume)
     os._exit(0)  # the step was never reached
-
-
-@pytest.fixture(scope="module")
-def fork_server():
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([
-        "pipeline.recipes.run", "pipeline.recipes.nightly", "pipeline.report.pages", "pipeline.report.nightly_page",
-        "sklearn.metrics", "torch._dynamo", "tests.test_faults",
-    ])
-    return context
 
 
 def kill_at(fork_server, command: str, config: dict, fault: str, resume: str | None = None) -> None:

@@ -13,7 +13,7 @@ import pytest
 from pipeline.recipes.nightly import LockHeld, nightly
 from pipeline.recipes.nightly.lock import NightLock
 from pipeline.windows import ReplaySelection, TrainingWindows
-from tests.conftest import REPO, load_benchmark_nightly, tiny_config_dict, write_yaml
+from tests.conftest import load_benchmark_nightly, tiny_config_dict, write_yaml
 
 benchmark_nightly = load_benchmark_nightly()  # the same cut of the log as the nightly benchmark
 
@@ -167,14 +167,12 @@ def test_three_nights_then_a_degraded_challenger(night_config):
 
 
 @pytest.mark.slow
-def test_two_nights_at_once_only_one_trains(night_config, tmp_path):
+def test_two_nights_at_once_only_one_trains(night_config, tmp_path, pipeline_command):
     root, config = night_config
     write_log_until(root / "data", 1.0)
     config = {**config, "nightly": {**config["nightly"], "root": str(tmp_path / "nightly")}}
     path = write_yaml(tmp_path / "night.yaml", config)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "pipeline", "nightly", str(path)]
-    processes = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    processes = [pipeline_command.start("nightly", path) for _ in range(2)]
     outputs = [process.communicate(timeout=600) for process in processes]
     codes = sorted(process.returncode for process in processes)
     assert codes in ([0, 4], [3, 4]), outputs

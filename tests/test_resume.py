@@ -1,16 +1,13 @@
 """A run killed (SIGKILL) or stopped (SIGTERM) mid-training resumes from its epoch checkpoint to the same result."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 import pipeline
-from tests.conftest import REPO, tiny_config_dict, write_yaml
+from tests.conftest import tiny_config_dict, write_yaml
 
 pytestmark = pytest.mark.slow  # subprocesses and real training: the full suite, not the fast tier
 
@@ -35,12 +32,10 @@ def resumable(tiny_data, embedding_cache, tmp_path_factory):
     return root, write_yaml(root / "tiny.yaml", config), uninterrupted
 
 
-def start_run(config_path, *extra):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(config_path), *extra],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+@pytest.fixture(scope="module")
+def start_run(pipeline_command):
+    """`python -m pipeline run CONFIG` in its own process, to kill or stop."""
+    return lambda config_path, *extra: pipeline_command.start("run", config_path, *extra)
 
 
 def wait_for_checkpoint(runs, process, timeout=300):
@@ -58,11 +53,8 @@ def finished_runs(runs):
     return [path for path in runs.iterdir() if not path.name.startswith(".")] if runs.exists() else []
 
 
-def resume_and_compare(root, config_path, uninterrupted):
-    resumed = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", str(config_path), "--resume", "auto"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+def resume_and_compare(pipeline_command, root, config_path, uninterrupted):
+    resumed = pipeline_command.run("run", config_path, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr
     run_dir = (root / "runs" / "latest").resolve()
@@ -80,7 +72,7 @@ def resume_and_compare(root, config_path, uninterrupted):
     return run_dir
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(resumable):
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(resumable, start_run, pipeline_command):
     root, config_path, uninterrupted = resumable
     runs = root / "runs"
     process = start_run(config_path)
@@ -88,10 +80,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(resumable):
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert finished_runs(runs) == []  # no run under a final name, no `latest`
-    resume_and_compare(root, config_path, uninterrupted)
+    resume_and_compare(pipeline_command, root, config_path, uninterrupted)
 
 
-def test_sigterm_stops_at_a_safe_point_and_resumes(resumable):
+def test_sigterm_stops_at_a_safe_point_and_resumes(resumable, start_run, pipeline_command):
     root, config_path, uninterrupted = resumable
     runs = root / "runs"
     before = finished_runs(runs)
@@ -102,10 +94,10 @@ def test_sigterm_stops_at_a_safe_point_and_resumes(resumable):
     assert process.returncode == 130, stderr
     assert "stopped by SIGTERM" in stderr and "--resume auto" in stderr
     assert finished_runs(runs) == before  # `latest` did not move
-    resume_and_compare(root, config_path, uninterrupted)
+    resume_and_compare(pipeline_command, root, config_path, uninterrupted)
 
 
-def test_resume_refuses_a_different_config(resumable, tmp_path):
+def test_resume_refuses_a_different_config(resumable, start_run, pipeline_command):
     root, config_path, _ = resumable
     process = start_run(config_path)
     wait_for_checkpoint(root / "runs", process)
@@ -113,4 +105,4 @@ def test_resume_refuses_a_different_config(resumable, tmp_path):
     process.wait(timeout=60)
     with pytest.raises(pipeline.PipelineInputError, match="train.learning_rate"):
         pipeline.run(config_path, overrides=["train.learning_rate=0.5"], resume="auto")
-    resume_and_compare(root, config_path, resumable[2])
+    resume_and_compare(pipeline_command, root, config_path, resumable[2])

@@ -52,17 +52,28 @@ def category_metrics(true_categories: list[np.ndarray], predicted: np.ndarray) -
     truth = np.array(
         [guess if guess in categories else categories[0] for guess, categories in zip(predicted, true_categories)]
     )
-    from sklearn.metrics import (  # ~2 s to import: not at start-up
-        accuracy_score,
-        precision_recall_fscore_support,
-    )
-
-    precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, average="macro", zero_division=0)
+    labels, truth_index = np.unique(truth, return_inverse=True)
+    predicted_index = np.searchsorted(labels, predicted)
+    known = predicted_index < len(labels)
+    known[known] = labels[predicted_index[known]] == predicted[known]
+    # A predicted category no target ever has is a label of its own: it adds a class with no true positives.
+    extra_labels = np.unique(predicted[~known])
+    predicted_index[~known] = len(labels) + np.searchsorted(extra_labels, predicted[~known])
+    n_labels = len(labels) + len(extra_labels)
+    hits = truth_index == predicted_index
+    true_positives = np.bincount(truth_index[hits], minlength=n_labels)
+    predicted_counts = np.bincount(predicted_index, minlength=n_labels)
+    true_counts = np.bincount(truth_index, minlength=n_labels)
+    # Macro averages over every label seen in either, a label with nothing to divide by scoring 0 (as sklearn's
+    # precision_recall_fscore_support with zero_division=0, without its import cost in every process).
+    precision = np.divide(true_positives, predicted_counts, out=np.zeros(n_labels), where=predicted_counts > 0)
+    recall = np.divide(true_positives, true_counts, out=np.zeros(n_labels), where=true_counts > 0)
+    f1 = np.divide(2 * true_positives, predicted_counts + true_counts, out=np.zeros(n_labels), where=predicted_counts + true_counts > 0)
     return {
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
+        "accuracy": float(hits.mean()) if len(hits) else 0.0,
+        "precision": float(precision.mean()) if n_labels else 0.0,
+        "recall": float(recall.mean()) if n_labels else 0.0,
+        "f1": float(f1.mean()) if n_labels else 0.0,
     }
 
 
