@@ -16,7 +16,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = REPO / "data" / "ml-latest-small"
-TINY_USERS = 25
+TINY_USERS = 15
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, write_yaml
+from tests.conftest import REPO, TINY_USERS, write_yaml
 
 RUN_FILES = {
     "config.resolved.yaml", "manifest.json", "metrics.json", "recommendations.parquet", "recommendations.csv",
@@ -100,7 +100,7 @@ def test_validate_writes_nothing(cli, tiny_data, embedding_cache, tmp_path):
     config = write_yaml(tmp_path / "c.yaml", tiny_config_dict(tiny_data, tmp_path / "runs", embedding_cache))
     result = cli("validate", config)
     assert result.returncode == 0, result.stderr
-    assert "users       25" in result.stdout
+    assert f"users       {TINY_USERS}" in result.stdout
     assert not (tmp_path / "runs").exists()
 
 

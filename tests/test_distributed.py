@@ -22,16 +22,17 @@ TOLERANCE = 1e-4
 TOLERANCE_SHARDS = 0.05
 
 
-def test_two_gloo_processes_match_one_process(tiny_data, tmp_path):
-    # fp32 encoding gives the same vectors whatever the batch composition, so the sharded encode matches too.
+def test_two_gloo_processes_match_one_process(tiny_data, embedding_cache, tmp_path):
+    # fp32 encoding gives the same vectors whatever the batch composition, so the sharded encode matches too. The
+    # one process reads the session's cache; the two ranks encode into a new one.
     config = tiny_config_dict(
-        tiny_data, tmp_path / "runs", tmp_path / "cache-single", encoder={"precision": "fp32"},
+        tiny_data, tmp_path / "runs", embedding_cache, encoder={"precision": "fp32"},
         model={"dropout": 0.0},  # dropout masks are drawn per process, so they cannot match
         train={"epochs": 3, "patience": 3, "batch_size": 16, "learning_rate": 0.01},
         eval={"ks": [10, 50], "select_k": 50},
     )
     single = pipeline.run(config, overrides=[f"output.root={tmp_path / 'single'}"])
-    single_encoded = json.loads((single.run_dir / "manifest.json").read_text())["encoding"]["encoded"]
+    single_texts = json.loads((single.run_dir / "manifest.json").read_text())["encoding"]["unique_texts"]
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [
@@ -44,7 +45,7 @@ def test_two_gloo_processes_match_one_process(tiny_data, tmp_path):
     run_dirs = [path for path in (tmp_path / "runs").iterdir() if not path.name.startswith(".") and path.name != "latest"]
     assert len(run_dirs) == 1  # only rank 0 wrote
     manifest = json.loads((run_dirs[0] / "manifest.json").read_text())
-    assert manifest["encoding"]["encoded"] == single_encoded == manifest["encoding"]["unique_texts"]
+    assert manifest["encoding"]["encoded"] == single_texts == manifest["encoding"]["unique_texts"]
     assert len(list((tmp_path / "cache-distributed").rglob("shard-*.keys.npy"))) == 1  # one cache, written by rank 0
 
     metrics = json.loads((run_dirs[0] / "metrics.json").read_text())["splits"]

@@ -9,6 +9,7 @@ import torch
 
 import pipeline
 from pipeline.storage import file_fingerprint
+from tests.conftest import TINY_USERS
 
 
 @pytest.mark.slow
@@ -42,12 +43,12 @@ def test_failed_run_leaves_no_directory_and_keeps_latest(tiny_config, monkeypatc
 def test_library_run_and_reload(tiny_config):
     tiny_config["train"]["epochs"] = 1
     result = pipeline.run(tiny_config, overrides=["model={name: lstm, hidden_size: 16, num_layers: 1, max_length: 20}"])
-    assert result.metrics["splits"]["test"]["lstm"]["users"] == 25
+    assert result.metrics["splits"]["test"]["lstm"]["users"] == TINY_USERS
     assert "metrics.json" in result.paths
     loaded = pipeline.load_run(result.run_dir)
     full_histories = pipeline.data.load_interactions(result.config.data.interactions)
     lists = loaded.recommend(full_histories)
-    assert lists["user_id"].nunique() == 25
+    assert lists["user_id"].nunique() == TINY_USERS
     assert (lists.groupby("user_id").size() == result.config.output.top_k).all()
 
 

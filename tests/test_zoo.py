@@ -12,7 +12,7 @@ from pipeline.config_models import model_section
 from pipeline.data import load_data, prepare
 from pipeline.models import build_model
 from pipeline.ranking import ListPolicy, Ranker
-from tests.conftest import config_for, write_items, write_log
+from tests.conftest import TINY_USERS, config_for, write_items, write_log
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_saved_baselines_reload(tiny_config):
         result = pipeline.run(tiny_config, overrides=[f"model={{name: {name}}}"])
         loaded = pipeline.load_run(result.run_dir)
         events = pipeline.data.load_interactions(result.config.data.interactions)
-        assert loaded.recommend(events)["user_id"].nunique() == 25
+        assert loaded.recommend(events)["user_id"].nunique() == TINY_USERS
 
 
 def test_models_saved_before_the_repeat_share_still_load(four_users):
