@@ -31,7 +31,7 @@ run: setup
 # process on both (docs/benchmarks.md). TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= auto
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 clean:
 	rm -rf $(VENV) runs .cache

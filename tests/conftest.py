@@ -17,6 +17,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = REPO / "data" / "ml-latest-small"
 TINY_USERS = 15
+# Tests that run night after night (or kill runs and nights) read the first 10 users' log: every night still has new
+# events and a gate window, and a night costs about a second.
+NIGHT_USERS = 10
 
 
 @pytest.fixture(scope="session")
@@ -149,6 +152,11 @@ def pipeline_logger_restored():
     yield
     logger.handlers[:] = handlers
     logger.setLevel(level)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `long` run first (a stable sort: the rest keep their order)."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 def pytest_configure(config):

@@ -22,6 +22,7 @@ TOLERANCE = 1e-4
 TOLERANCE_SHARDS = 0.05
 
 
+@pytest.mark.long
 def test_two_gloo_processes_match_one_process(tiny_data, embedding_cache, tmp_path):
     # fp32 encoding gives the same vectors whatever the batch composition, so the sharded encode matches too. The
     # one process reads the session's cache; the two ranks encode into a new one.
@@ -58,6 +59,7 @@ def test_two_gloo_processes_match_one_process(tiny_data, embedding_cache, tmp_pa
         assert distributed_epoch["loss_item"] == pytest.approx(single_epoch["loss_item"], rel=1e-2)
 
 
+@pytest.mark.long
 def test_two_gloo_processes_on_duckdb_shards_read_disjoint_users_and_match_one_process(tmp_path):
     """Each rank reads only its own shards (rank r: shards r, r + 2, ...), trains on its own users' windows with the
     statistics summed across ranks, evaluates its own users; rank 0 writes every user's results. The batches differ

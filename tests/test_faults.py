@@ -15,12 +15,11 @@ import pipeline
 from pipeline.faults import ENVIRONMENT_VARIABLE, STEPS
 from pipeline.outputs import LATEST, NIGHT_FILES, RUN_FILES
 from pipeline.recipes.nightly.records import CHAMPION, read_state
-from tests.conftest import load_benchmark_nightly, one_thread_under_xdist, tiny_config_dict
+from tests.conftest import NIGHT_USERS, load_benchmark_nightly, one_thread_under_xdist, tiny_config_dict
 
 benchmark_nightly = load_benchmark_nightly()
 
 pytestmark = pytest.mark.slow
-FAULT_USERS = 10
 
 RUN_WRITES = [
     "write:config.resolved.yaml", "write:inputs.json", "write:checkpoint.pt", "write:model.safetensors",
@@ -78,7 +77,7 @@ def restore(snapshot: Path, target: Path) -> None:
 def run_config(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     # Ten users' log and ids only (no encoder): each killed run costs about a second, most of it the report.
-    benchmark_nightly.write_log_until(root / "data", 1.0, max_user=FAULT_USERS)
+    benchmark_nightly.write_log_until(root / "data", 1.0, max_user=NIGHT_USERS)
     return root, tiny_config_dict(
         root / "data", root / "runs", root / "cache", model={"item_representation": "id"},
         train={"epochs": 2, "patience": 2, "batch_size": 16},
@@ -135,11 +134,11 @@ def night_setup(tmp_path_factory):
         # Promote whatever the challenger scores, so every night reaches the link swap.
         nightly={"warm_epochs": 1, "tolerance": 0.99, "keep_nights": 1},
     )
-    benchmark_nightly.write_log_until(root / "data", 0.7, max_user=FAULT_USERS)
+    benchmark_nightly.write_log_until(root / "data", 0.7, max_user=NIGHT_USERS)
     first = pipeline.nightly(config)
     nightly_root = first.night_dir.parents[1]
     shutil.copytree(first.night_dir, first.night_dir.with_name("tiny-20000101T000000000000Z"))
-    benchmark_nightly.write_log_until(root / "data", 0.85, max_user=FAULT_USERS)
+    benchmark_nightly.write_log_until(root / "data", 0.85, max_user=NIGHT_USERS)
     snapshot = root / "snapshot"
     shutil.copytree(nightly_root, snapshot, symlinks=True)
     return config, nightly_root, snapshot, first.night_dir.name

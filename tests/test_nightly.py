@@ -94,6 +94,7 @@ def test_served_hit_rate_against_hand_computed_lists(tmp_path):
     assert served_feedback(last_night, data, watermark=150) is None  # unreadable lists: a warning, no numbers
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_three_nights_then_a_degraded_challenger(night_config):
     root, config = night_config

@@ -14,6 +14,7 @@ def tagged(notebook, tag: str) -> list:
     return [cell for cell in notebook.cells if cell.cell_type == "code" and tag in cell.metadata.get("tags", [])]
 
 
+@pytest.mark.long
 def test_quickstart_notebook_executes(tiny_data, embedding_cache, tmp_path, monkeypatch):
     config = tiny_config_dict(tiny_data, tmp_path / "runs", embedding_cache)
     config["train"]["epochs"] = 1

@@ -27,7 +27,7 @@ from pipeline.outputs import (
 )
 from pipeline.recipes.nightly.records import CHAMPION, read_state
 from pipeline.storage import write_atomic
-from tests.conftest import load_benchmark_nightly, tiny_config_dict
+from tests.conftest import NIGHT_USERS, load_benchmark_nightly, tiny_config_dict
 
 benchmark_nightly = load_benchmark_nightly()
 
@@ -53,12 +53,12 @@ def night_config(tmp_path):
         train={"epochs": 1, "patience": 1}, output={"top_k": 100_000},
         nightly={"warm_epochs": 1, "tolerance": 0.99, "keep_nights": 1},
     )
-    benchmark_nightly.write_log_until(tmp_path / "data", 0.7, max_user=25)
+    benchmark_nightly.write_log_until(tmp_path / "data", 0.7, max_user=NIGHT_USERS)
     return config, tmp_path / "runs" / "tiny-nightly"
 
 
 def grow_log(config, quantile):
-    benchmark_nightly.write_log_until(__import__("pathlib").Path(config["data"]["items"]["path"]).parent, quantile, max_user=25)
+    benchmark_nightly.write_log_until(__import__("pathlib").Path(config["data"]["items"]["path"]).parent, quantile, max_user=NIGHT_USERS)
 
 
 # ---- 1. the champion's night ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from safetensors.numpy import load_file
 import pipeline
 from pipeline.outputs import COMPARE_FILES, RUN_FILES
 from pipeline.report import REPORT, write_nightly_report, write_run_report, write_tune_report
-from tests.conftest import load_benchmark_nightly, tiny_config_dict
+from tests.conftest import NIGHT_USERS, load_benchmark_nightly, tiny_config_dict
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -220,7 +220,7 @@ def test_a_nightly_report_shows_the_trend_the_served_lists_and_interest_drift(tm
     )
     nights = []
     for quantile in (0.6, 0.75, 0.9, 0.9):  # the last: nothing new
-        benchmark_nightly.write_log_until(tmp_path / "data", quantile, max_user=25)
+        benchmark_nightly.write_log_until(tmp_path / "data", quantile, max_user=NIGHT_USERS)
         nights.append(pipeline.nightly(config))
     root = tmp_path / "runs" / "tiny-nightly"
     report = Report(root / REPORT)

@@ -28,6 +28,7 @@ def spark_available():
         pytest.skip("Spark needs Java")
 
 
+@pytest.mark.long
 def test_the_spark_job_writes_shards_the_pipeline_trains_on_to_the_same_metrics(spark_available, tmp_path, monkeypatch):
     shop_log.write(tmp_path / "shop", users=150, items=80, seed=3, formats=("parquet",))
     data = {
