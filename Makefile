@@ -27,8 +27,8 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/python -m pipeline run $(CONFIG)
 
-# One test worker per core (pytest-xdist), each on one thread: 2 cores finish the suite in about 0.6x the time of one
-# process on both (docs/benchmarks.md). TEST_WORKERS=0 runs it in this process.
+# One test worker per core (pytest-xdist), each torch on one thread; the longest tests start first and idle workers
+# take queued tests from busy ones (--dist worksteal). TEST_WORKERS=0 runs the suite in this process.
 TEST_WORKERS ?= auto
 test: setup
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
