@@ -5,9 +5,10 @@ pipeline's input files: `events.csv` (user, item, position) and `items.csv` (ite
 
 The folder holds `<Name>.test.inter` (one row per user: the history, then the last item), `<Name>.valid.inter`
 (each sequence cut one item earlier), `<Name>.text` (item ASIN, text), `<Name>.item2index` and `<Name>.user2index`.
-Each user's whole sequence is the test row's history followed by its item; the log has no timestamps, so the
-position in that sequence is the event's time, and the pipeline's leave-last-out split then holds out exactly the
-published test and validation items. The validation rows are checked against it. An item's text is
+Each user's whole sequence is the test row's history followed by its item (histories are cut to 50 items: a longer
+sequence's start comes from the validation and training rows, each checked to be a cut of it); the log has no
+timestamps, so the position in that sequence is the event's time, and the pipeline's leave-last-out split then holds
+out exactly the published test and validation items. An item's text is
 "title. category path. brand." as published, kept whole as `text`; its parts are split off for `category` (the path,
 one category) and `brand`.
 """
@@ -61,19 +62,45 @@ def split_text(text: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def sequences(folder: Path, name: str) -> dict[str, list[int]]:
-    """Each user's whole sequence of item indices, from the test rows, checked against the validation rows."""
-    whole = {}
-    for number, (user, history, item) in enumerate(_rows(folder / f"{name}.test.inter", 3), start=2):
+def _windows(path: Path) -> list[tuple[str, list[int], int]]:
+    """(user, history + item, row number) per row of a `.inter` file."""
+    windows = []
+    for number, (user, history, item) in enumerate(_rows(path, 3), start=2):
         try:
-            whole[user] = [int(token) for token in history.split()] + [int(item)]
+            windows.append((user, [int(token) for token in history.split()] + [int(item)], number))
         except ValueError:
-            raise ConversionError(f"{folder / f'{name}.test.inter'}: row {number}: item indices must be integers") from None
-    for number, (user, history, item) in enumerate(_rows(folder / f"{name}.valid.inter", 3), start=2):
-        sequence = whole.get(user)
-        cut = [int(token) for token in history.split()] + [int(item)]
-        if sequence is None or sequence[-len(cut) - 1:-1] != cut:
-            raise ConversionError(f"{folder / f'{name}.valid.inter'}: row {number}: user {user} is not the test sequence cut one item earlier")
+            raise ConversionError(f"{path}: row {number}: item indices must be integers") from None
+    return windows
+
+
+def _contains(sequence: list[int], window: list[int]) -> bool:
+    return any(sequence[start:start + len(window)] == window for start in range(len(sequence) - len(window) + 1))
+
+
+def sequences(folder: Path, name: str) -> dict[str, list[int]]:
+    """Each user's whole sequence of item indices. The test row holds its last 51 items (histories are cut to 50);
+    a longer sequence's earlier items come from the validation and training rows, each of which must be a cut of it."""
+    whole = {user: window for user, window, _ in _windows(folder / f"{name}.test.inter")}
+    pending: dict[str, list[tuple[list[int], Path, int]]] = {}
+    for split in ("valid", "train"):
+        path = folder / f"{name}.{split}.inter"
+        for user, window, number in _windows(path):
+            if user not in whole:
+                raise ConversionError(f"{path}: row {number}: user {user} has no test row")
+            pending.setdefault(user, []).append((window, path, number))
+    for user, windows in pending.items():
+        sequence = whole[user]
+        while windows:
+            # A cut inside the known sequence adds nothing; one starting an item earlier adds that item in front.
+            left = [(window, path, number) for window, path, number in windows if not _contains(sequence, window)]
+            earlier = [window for window, _, _ in left if window[1:] == sequence[:len(window) - 1]]
+            if left and not earlier:
+                _, path, number = left[0]
+                raise ConversionError(f"{path}: row {number}: user {user}'s items are not a cut of the test row's sequence")
+            if earlier:
+                sequence = [earlier[0][0], *sequence]
+            windows = left
+        whole[user] = sequence
     return whole
 
 

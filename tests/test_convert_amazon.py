@@ -27,12 +27,17 @@ TEXTS = {
 }
 
 
-def write_unisrec(folder, sequences=SEQUENCES, texts=TEXTS):
+def write_unisrec(folder, sequences=SEQUENCES, texts=TEXTS, history_cap=50):
+    """The format's files for `sequences`; each row's history is cut to its last `history_cap` items (50 published)."""
     folder.mkdir(parents=True, exist_ok=True)
+
+    def row(user, seq, end):
+        return f"{user}\t{' '.join(map(str, seq[max(0, end - history_cap):end]))}\t{seq[end]}\n"
+
     for name, cut in (("test", 0), ("valid", 1)):
-        rows = [f"{user}\t{' '.join(map(str, seq[:len(seq) - 1 - cut]))}\t{seq[len(seq) - 1 - cut]}\n" for user, seq in sequences.items()]
+        rows = [row(user, seq, len(seq) - 1 - cut) for user, seq in sequences.items()]
         (folder / f"Tiny.{name}.inter").write_text(HEADER + "".join(rows), encoding="utf-8")
-    train = [f"{user}\t{' '.join(map(str, seq[:end]))}\t{seq[end]}\n" for user, seq in sequences.items() for end in range(len(seq) - 3, 0, -1)]
+    train = [row(user, seq, end) for user, seq in sequences.items() for end in range(len(seq) - 3, 0, -1)]
     (folder / "Tiny.train.inter").write_text(HEADER + "".join(train), encoding="utf-8")
     (folder / "Tiny.text").write_text("item_id:token\ttext:token_seq\n" + "".join(f"{a}\t{t}\n" for a, t in texts.items()), encoding="utf-8")
     (folder / "Tiny.item2index").write_text("".join(f"{a}\t{i}\n" for i, a in enumerate(ASINS)), encoding="utf-8")
@@ -40,8 +45,9 @@ def write_unisrec(folder, sequences=SEQUENCES, texts=TEXTS):
     return folder
 
 
-def test_a_tiny_folder_round_trips_and_the_split_holds_out_the_published_items(tmp_path):
-    events_path, items_path = convert_amazon.convert(write_unisrec(tmp_path / "src"), tmp_path / "out")
+@pytest.mark.parametrize("history_cap", [50, 2])  # 2: every sequence's start is only in the validation and training rows
+def test_a_tiny_folder_round_trips_and_the_split_holds_out_the_published_items(tmp_path, history_cap):
+    events_path, items_path = convert_amazon.convert(write_unisrec(tmp_path / "src", history_cap=history_cap), tmp_path / "out")
     events = pd.read_csv(events_path, dtype={"user": str, "item": str})
     for user, sequence in SEQUENCES.items():
         rows = events[events["user"] == f"R{user}"].sort_values("position")
@@ -73,7 +79,7 @@ def test_a_validation_row_that_is_not_the_test_sequence_cut_once_is_named(tmp_pa
     lines = (folder / "Tiny.valid.inter").read_text().splitlines()
     lines[2] = "1\t2 4 1\t4"
     (folder / "Tiny.valid.inter").write_text("\n".join(lines) + "\n")
-    with pytest.raises(convert_amazon.ConversionError, match=r"Tiny.valid.inter: row 3: user 1 is not the test sequence"):
+    with pytest.raises(convert_amazon.ConversionError, match=r"Tiny.valid.inter: row 3: user 1's items are not a cut of the test row's sequence"):
         convert_amazon.convert(folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
